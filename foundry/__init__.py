@@ -1,0 +1,26 @@
+"""Agent Foundry's shared core: settings, names, messages, connections, provisioning."""
+
+from __future__ import annotations
+
+from foundry.errors import (
+    BrokerUnavailable,
+    CacheUnavailable,
+    ConfigError,
+    FoundryError,
+    InvalidAgentType,
+    MalformedTask,
+)
+from foundry.names import Names, validate_agent_type
+from foundry.settings import Settings
+
+__all__ = [
+    "BrokerUnavailable",
+    "CacheUnavailable",
+    "ConfigError",
+    "FoundryError",
+    "InvalidAgentType",
+    "MalformedTask",
+    "Names",
+    "Settings",
+    "validate_agent_type",
+]

@@ -1,0 +1,103 @@
+"""NATS and Redis connections with robust reconnect settings and bounded start-up retries.
+
+A service started before its broker or cache comes up waits for it (logged,
+bounded by ``FOUNDRY_CONNECT_TIMEOUT``) instead of crashing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import nats
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from foundry.errors import BrokerUnavailable, CacheUnavailable
+from foundry.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
+
+
+async def _log_error(exc: Exception) -> None:
+    log.debug("nats: %s", exc)
+
+
+async def _log_disconnect() -> None:
+    log.warning("nats: disconnected, reconnecting")
+
+
+async def _log_reconnect() -> None:
+    log.info("nats: reconnected")
+
+
+async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
+    """Connect to NATS, retrying for up to ``connect_timeout`` seconds."""
+    options: dict[str, Any] = {
+        "servers": [settings.nats_url],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "ping_interval": 2,
+        "max_outstanding_pings": 2,
+        "connect_timeout": 2,
+        "allow_reconnect": True,
+        "error_cb": _log_error,
+        "disconnected_cb": _log_disconnect,
+        "reconnected_cb": _log_reconnect,
+        "pending_size": 8 * 1024 * 1024,
+    }
+    options.update(extra)
+    deadline = time.monotonic() + settings.connect_timeout
+    delay = 0.1
+    while True:
+        try:
+            return await nats.connect(**options)
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(
+                    f"NATS at {redact_url(settings.nats_url)} did not answer within "
+                    f"{settings.connect_timeout:g}s ({exc!r}); is nats-server running? "
+                    "Set FOUNDRY_NATS_URL to where it listens."
+                ) from exc
+            log.warning("NATS not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """A Redis client that fails fast when the server is down (no long hangs)."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=1.0,
+        socket_timeout=3.0,
+        health_check_interval=5,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )
+
+
+async def connect_redis(settings: Settings) -> aioredis.Redis:
+    """Create a client and wait (bounded) until the server answers PING."""
+    client = redis_client(settings)
+    deadline = time.monotonic() + settings.connect_timeout
+    delay = 0.1
+    while True:
+        try:
+            await client.ping()
+            return client
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                await client.aclose()
+                raise CacheUnavailable(
+                    f"Redis at {redact_url(settings.redis_url)} did not answer within "
+                    f"{settings.connect_timeout:g}s ({exc!r}); is redis-server running? "
+                    "Set FOUNDRY_REDIS_URL to where it listens."
+                ) from exc
+            log.warning("Redis not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

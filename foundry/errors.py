@@ -1,0 +1,31 @@
+"""Errors of the shared core; services translate broker and cache errors into these."""
+
+from __future__ import annotations
+
+
+class FoundryError(Exception):
+    """Base of every error Agent Foundry raises on purpose."""
+
+
+class ConfigError(FoundryError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class InvalidAgentType(FoundryError):
+    """An agent type is not a single subject token."""
+
+
+class MalformedTask(FoundryError):
+    """A task payload cannot be read as a task."""
+
+
+class BrokerUnavailable(FoundryError):
+    """NATS cannot be reached or did not answer in time."""
+
+
+class CacheUnavailable(FoundryError):
+    """Redis cannot be reached or did not answer in time."""
+
+
+class ServerStartError(FoundryError):
+    """An embedded nats-server or redis-server did not start."""

@@ -1,0 +1,232 @@
+"""Settings: one frozen dataclass read from ``FOUNDRY_*`` environment variables.
+
+Built by :meth:`Settings.from_env` in each service's ``main()``; never at
+import time. A bad value raises :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from foundry.errors import ConfigError, InvalidAgentType
+from foundry.names import Names, validate_agent_type
+
+DEFAULT_FLEET = "architect=1,coder=1,executor=1,critic=1,deployer=1"
+_NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+T = TypeVar("T")
+
+
+def parse_fleet(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, int]:
+    """Parse ``type=count,type=count`` into an ordered mapping."""
+    fleet: dict[str, int] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, count_text = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ConfigError(f"{var}: {item!r} is not 'type=count' (example: {DEFAULT_FLEET})")
+        try:
+            validate_agent_type(name)
+        except InvalidAgentType as exc:
+            raise ConfigError(f"{var}: {exc}") from None
+        try:
+            count = int(count_text.strip())
+        except ValueError:
+            raise ConfigError(f"{var}: count for {name!r} is not a whole number") from None
+        if count < 0 or count > 256:
+            raise ConfigError(f"{var}: count for {name!r} must be between 0 and 256")
+        if name in fleet:
+            raise ConfigError(f"{var}: agent type {name!r} is listed twice")
+        fleet[name] = count
+    if not fleet:
+        raise ConfigError(f"{var}: no agent types given (example: {DEFAULT_FLEET})")
+    return fleet
+
+
+def parse_bindings(text: str, var: str = "FOUNDRY_HANDLERS") -> dict[str, str]:
+    """Parse ``type=handler,type=handler`` (built-in names or ``package.module:attr``)."""
+    out: dict[str, str] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, spec = (part.strip() for part in item.partition("="))
+        if not sep or not spec:
+            raise ConfigError(f"{var}: {item!r} is not 'type=handler' (example: coder=echo)")
+        try:
+            validate_agent_type(name)
+        except InvalidAgentType as exc:
+            raise ConfigError(f"{var}: {exc}") from None
+        out[name] = spec
+    return out
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def conv(text: str) -> str:
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not (parts.hostname or parts.scheme == "unix"):
+            raise ValueError(f"expected a URL like {schemes[0]}://127.0.0.1:port")
+        return text
+
+    return conv
+
+
+def _positive(conv: Callable[[str], T], minimum: float = 0.0, strict: bool = True) -> Any:
+    def check(text: str) -> T:
+        value = conv(text)
+        if strict and not value > minimum:  # type: ignore[operator]
+            raise ValueError(f"must be greater than {minimum}")
+        if not strict and value < minimum:  # type: ignore[operator]
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return check
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no")
+
+
+def _namespace(text: str) -> str:
+    if text and not _NAMESPACE_RE.fullmatch(text):
+        raise ValueError("lowercase letters, digits, '_' or '-', starting with a letter")
+    return text
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0-65535")
+    return value
+
+
+def _opt(var: str, conv: Callable[[str], Any], default: Any, repr: bool = True) -> Any:
+    return field(default=default, repr=repr, metadata={"env": var, "conv": conv})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the cluster. Field metadata names the environment variable."""
+
+    # URLs may carry credentials: repr=False keeps them out of logs (use describe()).
+    nats_url: str = _opt(
+        "FOUNDRY_NATS_URL", _url(("nats", "tls")), "nats://127.0.0.1:4222", repr=False
+    )
+    redis_url: str = _opt(
+        "FOUNDRY_REDIS_URL",
+        _url(("redis", "rediss", "unix")),
+        "redis://127.0.0.1:6379/0",
+        repr=False,
+    )
+    namespace: str = _opt("FOUNDRY_NAMESPACE", _namespace, "")
+    gateway_host: str = _opt("FOUNDRY_GATEWAY_HOST", str, "127.0.0.1")
+    gateway_port: int = _opt("FOUNDRY_GATEWAY_PORT", _port, 8080)
+    healer_port: int = _opt("FOUNDRY_HEALER_PORT", _port, 8081)
+    monitor_port: int = _opt("FOUNDRY_MONITOR_PORT", _port, 8082)
+    fleet: dict[str, int] = _opt("FOUNDRY_FLEET", parse_fleet, None)
+    data_dir: Path = _opt("FOUNDRY_DATA_DIR", Path, Path(".foundry"))
+    result_ttl: int = _opt("FOUNDRY_RESULT_TTL", _positive(int), 86400)
+    ack_wait: float = _opt("FOUNDRY_ACK_WAIT", _positive(float, 0.5, strict=False), 30.0)
+    max_deliver: int = _opt("FOUNDRY_MAX_DELIVER", _positive(int, 1, strict=False), 5)
+    max_ack_pending: int = _opt("FOUNDRY_MAX_ACK_PENDING", _positive(int), 1000)
+    max_task_bytes: int = _opt("FOUNDRY_MAX_TASK_BYTES", _positive(int), 1024 * 1024)
+    max_queue_per_type: int = _opt("FOUNDRY_MAX_QUEUE_PER_TYPE", _positive(int), 1_000_000)
+    duplicate_window: float = _opt(
+        "FOUNDRY_DUPLICATE_WINDOW", _positive(float, 600.0, strict=False), 900.0
+    )
+    events_max_age: float = _opt("FOUNDRY_EVENTS_MAX_AGE", _positive(float), 7 * 86400.0)
+    concurrency: int = _opt("FOUNDRY_WORKER_CONCURRENCY", _positive(int), 16)
+    task_timeout: float = _opt("FOUNDRY_TASK_TIMEOUT", _positive(float), 600.0)
+    retry_delay: float = _opt("FOUNDRY_RETRY_DELAY", _positive(float, 0.0, strict=False), 2.0)
+    drain_timeout: float = _opt("FOUNDRY_DRAIN_TIMEOUT", _positive(float, 0.0, strict=False), 10.0)
+    heartbeat_interval: float = _opt("FOUNDRY_HEARTBEAT_INTERVAL", _positive(float, 0.05), 1.0)
+    silence_timeout: float = _opt("FOUNDRY_SILENCE_TIMEOUT", _positive(float, 0.1), 3.0)
+    max_restarts: int = _opt("FOUNDRY_MAX_RESTARTS", _positive(int), 5)
+    restart_window: float = _opt("FOUNDRY_RESTART_WINDOW", _positive(float), 60.0)
+    backoff_max: float = _opt("FOUNDRY_BACKOFF_MAX", _positive(float), 30.0)
+    stable_after: float = _opt("FOUNDRY_STABLE_AFTER", _positive(float), 30.0)
+    poison_kills: int = _opt("FOUNDRY_POISON_KILLS", _positive(int), 3)
+    connect_timeout: float = _opt("FOUNDRY_CONNECT_TIMEOUT", _positive(float), 30.0)
+    handlers: dict[str, str] = _opt("FOUNDRY_HANDLERS", lambda t: parse_bindings(t), None)
+    cache_wait: float = _opt("FOUNDRY_CACHE_WAIT", _positive(float), 60.0)
+    embedded: bool = _opt("FOUNDRY_EMBEDDED", _bool, False)
+    log_level: str = _opt("FOUNDRY_LOG_LEVEL", str.upper, "INFO")
+
+    def __post_init__(self) -> None:
+        if self.fleet is None:
+            object.__setattr__(self, "fleet", parse_fleet(DEFAULT_FLEET))
+        if self.handlers is None:
+            object.__setattr__(self, "handlers", {})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``); overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = f.metadata["env"]
+            if f.name in overrides or var not in env:
+                continue
+            text = env[var].strip()
+            try:
+                values[f.name] = f.metadata["conv"](text)
+            except ConfigError:
+                raise
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{var}={text!r} is invalid: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that recreate these settings in a child process."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                text = ",".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, bool):
+                text = "1" if value else "0"
+            else:
+                text = str(value)
+            out[f.metadata["env"]] = text
+        return out
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace)
+
+    @property
+    def agent_types(self) -> list[str]:
+        return list(self.fleet)
+
+    def describe(self) -> str:
+        """A one-line summary safe to log (no secrets)."""
+        return (
+            f"nats={redact_url(self.nats_url)} redis={redact_url(self.redis_url)} "
+            f"namespace={self.namespace or '-'} fleet={self.fleet}"
+        )

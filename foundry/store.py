@@ -1,0 +1,230 @@
+"""Task status and results in Redis.
+
+``foundry:task:<id>`` is a hash (status, agent_type, attempts, timings,
+worker, error); ``foundry:result:<id>`` holds the result as JSON. Both expire
+after ``FOUNDRY_RESULT_TTL``.
+
+Writes are fenced by the JetStream delivery number: a worker may only claim or
+finish a task while no later delivery has claimed it, and never once a final
+status is stored. So a late result from a worker that was declared dead (say,
+SIGSTOPped and continued) never overrides the result of the redelivery.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from foundry import codec
+from foundry.errors import CacheUnavailable
+from foundry.messages import DEAD, FINAL_STATUSES, QUEUED
+from foundry.names import Names
+
+_FINAL_CHECK = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'completed' or st == 'failed' or st == 'dead' then return st end
+local d = tonumber(redis.call('HGET', KEYS[1], 'delivery') or '0')
+if tonumber(ARGV[1]) < d then return 'stale' end
+"""
+
+# KEYS: task key. ARGV: delivery, worker_id, now, agent_type, ttl, submitted_at
+_CLAIM = (
+    _FINAL_CHECK
+    + """
+redis.call('HSET', KEYS[1], 'status', 'running', 'delivery', ARGV[1], 'attempts', ARGV[1],
+           'worker_id', ARGV[2], 'started_at', ARGV[3], 'agent_type', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'submitted_at', ARGV[6])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+return 'ok'
+"""
+)
+
+# KEYS: task key, result key. ARGV: delivery, status, result json, error, now, ttl, worker_id,
+#       agent_type
+_FINISH = (
+    _FINAL_CHECK
+    + """
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[4], 'finished_at', ARGV[5],
+           'worker_id', ARGV[7], 'delivery', ARGV[1], 'agent_type', ARGV[8])
+if redis.call('HEXISTS', KEYS[1], 'attempts') == 0 then
+  redis.call('HSET', KEYS[1], 'attempts', ARGV[1])
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+redis.call('SET', KEYS[2], ARGV[3], 'EX', tonumber(ARGV[6]))
+return 'ok'
+"""
+)
+
+# KEYS: task key. ARGV: agent_type, now, ttl. Returns the existing status or 'created'.
+_QUEUE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st then return st end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'agent_type', ARGV[1], 'submitted_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 'created'
+"""
+
+
+_HEALER_FENCE = 1 << 30  # above any real delivery number: no worker writes after the healer
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What the gateway returns for ``GET /api/cluster/task/{id}``."""
+
+    task_id: str
+    agent_type: str | None
+    status: str
+    result: Any
+    error: str | None
+    attempts: int
+    worker_id: str | None
+    submitted_at: float | None
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def to_json(self) -> dict[str, Any]:
+        duration = None
+        if self.started_at is not None and self.finished_at is not None:
+            duration = round(self.finished_at - self.started_at, 6)
+        return {
+            "task_id": self.task_id,
+            "agent_type": self.agent_type,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "attempts": self.attempts,
+            "worker_id": self.worker_id,
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": duration,
+        }
+
+
+def _f(raw: dict[bytes, bytes], key: str) -> float | None:
+    value = raw.get(key.encode())
+    return float(value) if value else None
+
+
+def _s(raw: dict[bytes, bytes], key: str) -> str | None:
+    value = raw.get(key.encode())
+    return value.decode() if value else None
+
+
+class TaskStore:
+    """Reads and fenced writes of task records; Redis errors become CacheUnavailable."""
+
+    def __init__(self, redis: aioredis.Redis, names: Names, ttl: int) -> None:
+        self.redis = redis
+        self.names = names
+        self.ttl = ttl
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
+        self._queue = redis.register_script(_QUEUE)
+
+    async def queue(self, task_id: str, agent_type: str, now: float | None = None) -> str:
+        """Record a submission; returns 'created' or the status already stored."""
+        try:
+            out = await self._queue(
+                keys=[self.names.task_key(task_id)],
+                args=[agent_type, now or time.time(), self.ttl],
+            )
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    async def forget_queued(self, task_id: str) -> None:
+        """Undo :meth:`queue` when the publish failed (only while still queued)."""
+        key = self.names.task_key(task_id)
+        try:
+            if await self.redis.hget(key, "status") == QUEUED.encode():
+                await self.redis.delete(key)
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+
+    async def claim(
+        self,
+        task_id: str,
+        agent_type: str,
+        delivery: int,
+        worker_id: str,
+        submitted_at: float,
+    ) -> str:
+        """Mark running for this delivery. Returns 'ok', 'stale' or the final status."""
+        try:
+            out = await self._claim(
+                keys=[self.names.task_key(task_id)],
+                args=[delivery, worker_id, time.time(), agent_type, self.ttl, submitted_at],
+            )
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    async def finish(
+        self,
+        task_id: str,
+        agent_type: str,
+        delivery: int,
+        worker_id: str,
+        status: str,
+        result: Any = None,
+        error: str | None = None,
+    ) -> str:
+        """Store a final status and result. Returns 'ok', 'stale' or the status already final."""
+        try:
+            out = await self._finish(
+                keys=[self.names.task_key(task_id), self.names.result_key(task_id)],
+                args=[
+                    delivery,
+                    status,
+                    codec.dumps(result),
+                    error or "",
+                    time.time(),
+                    self.ttl,
+                    worker_id,
+                    agent_type,
+                ],
+            )
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    async def mark_dead(self, task_id: str, agent_type: str, evidence: dict[str, Any]) -> str:
+        """Final status ``dead`` (poison task or max_deliver exhausted), unless already final."""
+        reason = str(evidence.get("reason", "dead-lettered"))
+        return await self.finish(
+            task_id, agent_type, _HEALER_FENCE, "healer", DEAD, evidence, reason
+        )
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.names.task_key(task_id))
+                pipe.get(self.names.result_key(task_id))
+                raw, result_raw = await pipe.execute()
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        if not raw:
+            return None
+        attempts = raw.get(b"attempts")
+        return TaskRecord(
+            task_id=task_id,
+            agent_type=_s(raw, "agent_type"),
+            status=_s(raw, "status") or QUEUED,
+            result=codec.loads(result_raw) if result_raw else None,
+            error=_s(raw, "error"),
+            attempts=int(attempts) if attempts else 0,
+            worker_id=_s(raw, "worker_id"),
+            submitted_at=_f(raw, "submitted_at"),
+            started_at=_f(raw, "started_at"),
+            finished_at=_f(raw, "finished_at"),
+        )

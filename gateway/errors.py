@@ -1,0 +1,63 @@
+"""HTTP errors as JSON: every 4xx/5xx says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from foundry.errors import BrokerUnavailable, CacheUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(web.HTTPException):
+    """An error response with a JSON body ``{"error", "message", "field"?, ...}``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+        self.status_code = status
+        body = {"error": code, "message": message, **extra}
+        super().__init__(text=web.json_response(body).text, content_type="application/json")
+
+
+def bad_request(message: str, field: str | None = None, **extra: object) -> ApiError:
+    if field is not None:
+        extra["field"] = field
+    return ApiError(400, "bad_request", message, **extra)
+
+
+def unavailable(what: str, detail: str) -> ApiError:
+    return ApiError(503, f"{what}_unavailable", f"{detail}; retry once it is back", service=what)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into JSON; broker/cache outages into 503s, never a trace."""
+    try:
+        return await handler(request)
+    except ApiError:
+        raise
+    except web.HTTPRequestEntityTooLarge:
+        from gateway.keys import SETTINGS
+
+        limit = request.app[SETTINGS].max_task_bytes
+        raise ApiError(
+            413, "payload_too_large",
+            f"request body is over the {limit} byte limit (FOUNDRY_MAX_TASK_BYTES); "
+            "send a smaller task or raise the limit",
+        ) from None  # fmt: skip
+    except web.HTTPException as exc:
+        if exc.status_code < 400:
+            raise
+        raise ApiError(exc.status_code, exc.reason.lower().replace(" ", "_"), exc.reason) from None
+    except BrokerUnavailable as exc:
+        raise unavailable("nats", str(exc)) from None
+    except CacheUnavailable as exc:
+        raise unavailable("redis", str(exc)) from None
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        raise ApiError(500, "internal_error", "unexpected error; see the gateway log") from None

@@ -1,0 +1,176 @@
+"""Task routes: submit (query form or JSON body) and read back, with an optional long-poll."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import nats.errors
+from aiohttp import web
+from nats.js.errors import APIError as JsAPIError
+
+from foundry import codec
+from foundry.errors import BrokerUnavailable, InvalidAgentType
+from foundry.messages import MSG_ID_HEADER, QUEUED, TASK_ID_HINT, Task, valid_task_id
+from foundry.names import validate_agent_type
+from gateway.errors import ApiError, bad_request
+from gateway.keys import JS, NC, SETTINGS, STORE, VIEW
+
+MAX_WAIT_SECONDS = 300.0
+PUBLISH_TIMEOUT = 2.0
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = codec.loads(raw)
+    except codec.JSONDecodeError as exc:
+        raise bad_request(
+            f"body is not valid JSON ({exc}); send an object like "
+            '{"agent_type": "coder", "description": "..."}',
+            field="body",
+        ) from None
+    if not isinstance(body, dict):
+        raise bad_request("body must be a JSON object, not " + type(body).__name__, field="body")
+    return body
+
+
+def _task_from(request: web.Request, body: dict[str, Any]) -> Task:
+    settings = request.app[SETTINGS]
+    fields: dict[str, Any] = {k: request.query[k] for k in ("agent_type", "description", "task_id")
+                              if k in request.query}  # fmt: skip
+    fields.update(body)
+    unknown = sorted(set(fields) - {"agent_type", "description", "input", "task_id"})
+    if unknown:
+        raise bad_request(f"unknown field(s) {unknown}; allowed: agent_type, description, "
+                          "input, task_id", field=unknown[0])  # fmt: skip
+    agent_type = fields.get("agent_type")
+    if agent_type is None:
+        raise bad_request("agent_type is required (query parameter or JSON field)", "agent_type")
+    try:
+        validate_agent_type(agent_type)
+    except InvalidAgentType as exc:
+        raise bad_request(str(exc), "agent_type") from None
+    if agent_type not in settings.fleet:
+        raise bad_request(
+            f"unknown agent type {agent_type!r}; known types: {', '.join(settings.fleet)}",
+            "agent_type", known_types=list(settings.fleet),
+        )  # fmt: skip
+    description = fields.get("description", "")
+    if not isinstance(description, str):
+        raise bad_request("description must be a string", "description")
+    task_input = fields.get("input")
+    if not description.strip() and task_input is None:
+        raise bad_request("a task needs a description or an input (or both)", "description")
+    task_id = fields.get("task_id")
+    if task_id is None:
+        task_id = uuid.uuid4().hex
+    elif not valid_task_id(task_id):
+        raise bad_request(f"task_id must be {TASK_ID_HINT}", "task_id")
+    return Task(task_id, agent_type, description, task_input, time.time())
+
+
+async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
+    """Publish with ``Nats-Msg-Id``; a timed-out publish is retried with the same id."""
+    nc, js = request.app[NC], request.app[JS]
+    subject = request.app[SETTINGS].names.tasks(task.agent_type)
+    headers = {MSG_ID_HEADER: task.task_id}
+    last: Exception | None = None
+    for _ in range(3):
+        if not nc.is_connected:
+            raise BrokerUnavailable("NATS is unreachable")
+        try:
+            ack = await js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
+            return bool(ack.duplicate)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            last = exc
+        except JsAPIError as exc:
+            if exc.err_code == 10077 or "maximum messages per subject" in str(exc.description):
+                raise ApiError(
+                    429, "queue_full",
+                    f"the {task.agent_type} queue is full (FOUNDRY_MAX_QUEUE_PER_TYPE); "
+                    "retry later", agent_type=task.agent_type,
+                ) from None  # fmt: skip
+            raise BrokerUnavailable(f"JetStream refused the task: {exc.description}") from None
+        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
+            last = exc
+            break
+    raise BrokerUnavailable(f"NATS did not store the task ({last!r})")
+
+
+async def submit(request: web.Request) -> web.Response:
+    """POST /api/cluster/task/submit"""
+    settings = request.app[SETTINGS]
+    task = _task_from(request, await _read_body(request))
+    payload = task.to_payload()
+    if len(payload) > settings.max_task_bytes:
+        raise ApiError(413, "payload_too_large",
+                       f"task is {len(payload)} bytes, over the {settings.max_task_bytes} byte "
+                       "limit (FOUNDRY_MAX_TASK_BYTES)")  # fmt: skip
+    store = request.app[STORE]
+    existing = await store.queue(task.task_id, task.agent_type, task.submitted_at)
+    record = None
+    if existing != "created":
+        record = await store.get(task.task_id)
+    if record is not None and record.final:
+        duplicate = True  # already finished: never run twice
+    else:
+        try:
+            duplicate = await _publish(request, task, payload)
+        except (BrokerUnavailable, ApiError):
+            if existing == "created":
+                await store.forget_queued(task.task_id)
+            raise
+        duplicate = duplicate or existing != "created"
+    if not duplicate:
+        event = codec.dumps({"kind": "task.queued", "at": time.time(), "task_id": task.task_id,
+                             "agent_type": task.agent_type, "status": QUEUED})  # fmt: skip
+        await request.app[NC].publish(settings.names.task_event(QUEUED, task.agent_type), event)
+    body = {"task_id": task.task_id, "agent_type": task.agent_type, "status": "submitted",
+            "duplicate": duplicate}  # fmt: skip
+    if record is not None:
+        body["task_status"] = record.status
+    return web.json_response(body, status=202)
+
+
+def _wait_seconds(request: web.Request) -> float:
+    text = request.query.get("wait")
+    if text is None:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise bad_request(f"wait must be a number of seconds, got {text!r}", "wait") from None
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise bad_request(f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds", "wait")
+    return value
+
+
+async def get_task(request: web.Request) -> web.Response:
+    """GET /api/cluster/task/{task_id}[?wait=seconds]"""
+    task_id = request.match_info["task_id"]
+    if not valid_task_id(task_id):
+        raise bad_request(f"task_id must be {TASK_ID_HINT}", "task_id")
+    wait = _wait_seconds(request)
+    store, view = request.app[STORE], request.app[VIEW]
+    deadline = time.monotonic() + wait
+    while True:
+        with view.waiter(task_id) as done:
+            record = await store.get(task_id)
+            remaining = deadline - time.monotonic()
+            if (record is not None and record.final) or remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(done, remaining)
+            except TimeoutError:
+                pass
+    if record is None:
+        raise ApiError(404, "not_found", f"no task {task_id!r}: it was never submitted, or its "
+                       "record expired (FOUNDRY_RESULT_TTL)", task_id=task_id)  # fmt: skip
+    return web.json_response(record.to_json())

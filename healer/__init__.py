@@ -1,0 +1,1 @@
+"""The supervisor (see issue: heartbeats and the healer)."""

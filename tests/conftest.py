@@ -1,0 +1,209 @@
+"""Real servers for the suite: nats-server and redis-server on free loopback ports.
+
+Session fixtures start one of each in a temporary folder (binaries from the
+project's own dependencies) and stop them by pid. ``FOUNDRY_TEST_NATS_URL`` /
+``FOUNDRY_TEST_REDIS_URL`` point the suite at servers that already run instead.
+Every test gets its own namespace, so streams, subjects and keys never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+from nats.aio.client import Client as NATS
+
+from foundry.connect import connect_nats
+from foundry.provision import provision
+from foundry.servers import ServerProcess, free_port, nats_server, redis_server
+from foundry.settings import Settings
+from gateway.app import create_app
+from tests.procs import ProcessGroup
+
+
+@pytest.fixture(scope="session")
+def server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+def _external(var: str) -> str | None:
+    return os.environ.get(var) or None
+
+
+@pytest.fixture(scope="session")
+def nats_url(server_root: Path) -> Iterator[str]:
+    url = _external("FOUNDRY_TEST_NATS_URL")
+    if url:
+        yield url
+        return
+    port = free_port()
+    proc = nats_server(port, server_root / "nats").start()
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(server_root: Path) -> Iterator[str]:
+    url = _external("FOUNDRY_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    port = free_port()
+    proc = redis_server(port, server_root / "redis", persist=False).start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A redis-server for this test alone, for outage tests (stop / start it at will)."""
+    proc = redis_server(free_port(), tmp_path / "own-redis", persist=False).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A nats-server for this test alone, for broker restart tests."""
+    proc = nats_server(free_port(), tmp_path / "own-nats").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+TEST_FLEET = {"coder": 1, "architect": 1, "executor": 1, "critic": 1, "deployer": 1}
+
+
+@pytest.fixture
+def make_settings(nats_url: str, redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a fresh namespace, quick timings; keyword overrides win."""
+
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "nats_url": nats_url,
+            "redis_url": redis_url,
+            "namespace": "t" + uuid.uuid4().hex[:10],
+            "fleet": dict(TEST_FLEET),
+            "data_dir": tmp_path / "data",
+            "ack_wait": 5.0,
+            "heartbeat_interval": 0.2,
+            "silence_timeout": 1.5,
+            "drain_timeout": 5.0,
+            "connect_timeout": 10.0,
+            "retry_delay": 0.5,
+            "gateway_port": 0,
+            "healer_port": 0,
+            "monitor_port": 0,
+        }
+        base.update(overrides)
+        return Settings(**base)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def nc(settings: Settings) -> AsyncIterator[NATS]:
+    conn = await connect_nats(settings, "test")
+    await provision(conn.jetstream(), settings)
+    try:
+        yield conn
+    finally:
+        js = conn.jetstream()
+        for stream in (settings.names.tasks_stream, settings.names.events_stream,
+                       settings.names.dead_stream):  # fmt: skip
+            with contextlib.suppress(Exception):
+                await js.delete_stream(stream)
+        await conn.close()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        yield client
+    finally:
+        keys = [k async for k in client.scan_iter(f"{settings.names.key_prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+class Gateway:
+    """A running gateway app on a real loopback port, with an HTTP session."""
+
+    def __init__(self, server: TestServer, session: ClientSession) -> None:
+        self.server = server
+        self.http = session
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+
+@pytest.fixture
+async def make_gateway() -> AsyncIterator[Callable[[Settings], Any]]:
+    started: list[Gateway] = []
+
+    async def start(settings: Settings) -> Gateway:
+        server = TestServer(create_app(settings), host="127.0.0.1")
+        await server.start_server()
+        gw = Gateway(server, ClientSession())
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        await gw.http.close()
+        await gw.server.close()
+
+
+@pytest.fixture
+async def gateway(
+    settings: Settings, nc: NATS, redis: aioredis.Redis, make_gateway: Any
+) -> Gateway:
+    gw: Gateway = await make_gateway(settings)
+    return gw
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
+    group = ProcessGroup(tmp_path / "logs")
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+async def eventually(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:  # noqa: ASYNC109
+    """Poll ``check`` (sync or async) until it returns truthy, or fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,41 @@
+"""Binding agent types to handlers: built-in names or ``package.module:attr`` dotted paths."""
+
+from __future__ import annotations
+
+import importlib
+
+from foundry.errors import ConfigError
+from workers.handlers import BUILTIN_HANDLERS, Handler
+
+# The seed's roles and what they run when FOUNDRY_HANDLERS says nothing.
+DEFAULT_BINDINGS: dict[str, str] = {}
+FALLBACK_HANDLER = "echo"
+
+
+def resolve_handler(spec: str, var: str = "FOUNDRY_HANDLERS") -> Handler:
+    """Turn a built-in name or ``module:attr`` into a callable, or raise ConfigError."""
+    if spec in BUILTIN_HANDLERS:
+        return BUILTIN_HANDLERS[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        known = ", ".join(sorted(BUILTIN_HANDLERS))
+        raise ConfigError(
+            f"{var}: handler {spec!r} is neither a built-in ({known}) nor 'package.module:function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"{var}: cannot import {module_name!r} for {spec!r}: {exc!r}") from None
+    try:
+        handler = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{var}: module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(handler):
+        raise ConfigError(f"{var}: {spec!r} is not callable")
+    return handler  # type: ignore[no-any-return]
+
+
+def handler_for(agent_type: str, bindings: dict[str, str]) -> tuple[str, Handler]:
+    """The (spec, handler) bound to ``agent_type``: configured, else default, else echo."""
+    spec = bindings.get(agent_type) or DEFAULT_BINDINGS.get(agent_type) or FALLBACK_HANDLER
+    return spec, resolve_handler(spec)

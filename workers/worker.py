@@ -1,0 +1,331 @@
+"""One worker process: pull tasks of one agent type, run the handler, store, ack.
+
+Delivery is at-least-once: a message is acked only after its result is stored
+in Redis. While Redis is down the worker keeps the leases of what it holds,
+stops fetching, and naks with a delay only after ``FOUNDRY_CACHE_WAIT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats.errors
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from foundry import codec
+from foundry.errors import CacheUnavailable, MalformedTask
+from foundry.messages import COMPLETED, FAILED, FINAL_STATUSES, RUNNING, Heartbeat, Task, parse_task
+from foundry.runtime import spawn
+from foundry.settings import Settings
+from foundry.store import TaskStore
+from workers.handlers import Handler, RetryableError, TaskContext
+from workers.heartbeat import HeartbeatSender
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+FETCH_TIMEOUT = 1.0  # shorter fetches stall now and then (DESIGN.md)
+
+
+@dataclass
+class InFlight:
+    task_id: str
+    stream_seq: int
+    reply: str
+    delivery: int
+    started: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "stream_seq": self.stream_seq, "reply": self.reply,
+                "delivery": self.delivery, "started_at": self.started}  # fmt: skip
+
+
+class Worker:
+    """Owns the connections and the fetch loop of one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        agent_type: str,
+        handler: Handler,
+        *,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        slot: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.names = settings.names
+        self.agent_type = agent_type
+        self.handler = handler
+        self.concurrency = concurrency or settings.concurrency
+        self.host = socket.gethostname()
+        self.worker_id = worker_id or f"{agent_type}-{self.host}-{os.getpid()}"
+        self.slot = slot
+        self.state = "starting"
+        self.processed = 0
+        self.failed = 0
+        self.task_seconds = 0.0
+        self.wait_seconds = 0.0
+        self.started_at = time.time()
+        self.inflight: dict[int, InFlight] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._slot_free = asyncio.Event()
+        self._cache_ok = asyncio.Event()
+        self._cache_ok.set()
+        self._draining = asyncio.Event()
+        self.nc: NATS
+        self.js: JetStreamContext
+        self.redis: aioredis.Redis
+        self.store: TaskStore
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def run(self, nc: NATS, redis: aioredis.Redis, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then drain within ``drain_timeout``."""
+        self.nc, self.redis = nc, redis
+        self.js = nc.jetstream()
+        self.store = TaskStore(redis, self.names, self.settings.result_ttl)
+        beat = HeartbeatSender(
+            nc, self.names.heartbeat(self.agent_type, self.worker_id),
+            self.settings.heartbeat_interval, self.snapshot,
+        )  # fmt: skip
+        beat_task = spawn(beat.run(), self._tasks)
+        psub = await self.js.pull_subscribe_bind(
+            durable=self.names.consumer(self.agent_type), stream=self.names.tasks_stream
+        )
+        self.state = "idle"
+        fetcher = spawn(self._fetch_loop(psub), self._tasks)
+        await stop.wait()
+        log.info("draining: %d task(s) in flight", len(self.inflight))
+        self.state = "draining"
+        self._draining.set()
+        self._slot_free.set()
+        await beat.send_once()
+        await asyncio.wait({fetcher}, timeout=FETCH_TIMEOUT + 1)
+        await self._drain()
+        self.state = "stopped"
+        await beat.send_once()
+        beat_task.cancel()
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+
+    async def _drain(self) -> None:
+        handlers = [t for t in self._tasks if t.get_name().startswith("task:")]
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=self.settings.drain_timeout)
+            for task in pending:
+                task.cancel()  # the handler naks its message on cancellation
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+    def snapshot(self) -> Heartbeat:
+        busy = self.state == "idle" and self.inflight
+        return Heartbeat(
+            worker_id=self.worker_id,
+            agent_type=self.agent_type,
+            host=self.host,
+            pid=os.getpid(),
+            slot=self.slot,
+            state="busy" if busy else self.state,
+            in_flight=[f.to_json() for f in self.inflight.values()],
+            processed=self.processed,
+            failed=self.failed,
+            started_at=self.started_at,
+            concurrency=self.concurrency,
+            task_seconds_sum=round(self.task_seconds, 6),
+            wait_seconds_sum=round(self.wait_seconds, 6),
+        )
+
+    # ---- fetching --------------------------------------------------------------------
+    async def _fetch_loop(self, psub: JetStreamContext.PullSubscription) -> None:
+        while not self._draining.is_set():
+            free = self.concurrency - len(self.inflight)
+            if free <= 0 or not self._cache_ok.is_set():
+                self._slot_free.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_free.wait(), 1.0)
+                continue
+            try:
+                msgs = await psub.fetch(free, timeout=FETCH_TIMEOUT)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:
+                log.warning("fetch failed (%r); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                if self._draining.is_set():
+                    await self._safe(msg.nak())  # let a live worker have it now
+                    continue
+                self._start(msg)
+
+    def _start(self, msg: Msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        entry = InFlight("", seq, msg.reply, meta.num_delivered, time.time())
+        self.inflight[seq] = entry
+        task = spawn(self._handle(msg, entry), self._tasks)
+        task.set_name(f"task:{seq}")
+
+    # ---- one message -----------------------------------------------------------------
+    async def _handle(self, msg: Msg, entry: InFlight) -> None:
+        try:
+            await self._process(msg, entry)
+        except asyncio.CancelledError:
+            await self._safe(msg.nak())
+        except Exception:
+            log.exception("unexpected error handling stream seq %s; nak", entry.stream_seq)
+            await self._safe(msg.nak(delay=self.settings.retry_delay))
+        finally:
+            self.inflight.pop(entry.stream_seq, None)
+            self._slot_free.set()
+
+    async def _process(self, msg: Msg, entry: InFlight) -> None:
+        meta = msg.metadata
+        stored_at = meta.timestamp.timestamp()
+        try:
+            task = parse_task(
+                msg.data, msg.headers, self.agent_type, entry.stream_seq,
+                self.settings.max_task_bytes,
+            )  # fmt: skip
+        except MalformedTask as exc:
+            entry.task_id = exc.task_id  # type: ignore[attr-defined]
+            await self._finish(msg, entry, FAILED, None, f"malformed task: {exc}", 0.0)
+            return
+        entry.task_id = task.task_id
+        claim = await self._cache(
+            msg,
+            lambda: self.store.claim(
+                task.task_id, self.agent_type, entry.delivery, self.worker_id,
+                task.submitted_at or stored_at,
+            ),
+        )  # fmt: skip
+        if claim is None:
+            return
+        if claim in FINAL_STATUSES:  # a duplicate delivery of a finished task
+            await self._safe(msg.ack())
+            return
+        if claim == "stale":  # a later delivery owns this task now
+            return
+        self.wait_seconds += max(0.0, time.time() - (task.submitted_at or stored_at))
+        await self._event(RUNNING, task.task_id, attempt=entry.delivery)
+        status, result, error, elapsed = await self._run_handler(msg, task, entry)
+        if status is None:
+            return  # retry requested: already nak'ed
+        await self._finish(msg, entry, status, result, error, elapsed)
+
+    async def _run_handler(
+        self, msg: Msg, task: Task, entry: InFlight
+    ) -> tuple[str | None, Any, str | None, float]:
+        async def progress(_note: str | None) -> None:
+            await self._safe(msg.in_progress())
+
+        ctx = TaskContext(
+            task_id=task.task_id, agent_type=self.agent_type, description=task.description,
+            input=task.input, attempt=entry.delivery, worker_id=self.worker_id,
+            _progress=progress,
+        )  # fmt: skip
+        lease = spawn(self._keep_lease(msg), self._tasks)
+        started = time.monotonic()
+        try:
+            result = await asyncio.wait_for(self.handler(ctx), self.settings.task_timeout)
+            return COMPLETED, result, None, time.monotonic() - started
+        except RetryableError as exc:
+            delay = exc.delay if exc.delay is not None else self.settings.retry_delay
+            log.info("task %s asked for a retry in %.1fs: %s", task.task_id, delay, exc)
+            await self._safe(msg.nak(delay=delay))
+            return None, None, None, 0.0
+        except TimeoutError:
+            limit = self.settings.task_timeout
+            return FAILED, None, f"timed out after {limit:g}s (FOUNDRY_TASK_TIMEOUT)", limit
+        except asyncio.CancelledError:
+            ctx.cancelled.set()
+            raise
+        except Exception as exc:
+            return FAILED, None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
+        finally:
+            lease.cancel()
+
+    async def _finish(
+        self, msg: Msg, entry: InFlight, status: str, result: Any, error: str | None, took: float
+    ) -> None:
+        try:
+            codec.dumps(result)
+        except TypeError as exc:
+            status, result, error = FAILED, None, f"result is not JSON-serialisable: {exc}"
+        outcome = await self._cache(
+            msg,
+            lambda: self.store.finish(
+                entry.task_id,
+                self.agent_type,
+                entry.delivery,
+                self.worker_id,
+                status,
+                result,
+                error,
+            ),
+        )
+        if outcome is None or outcome == "stale":
+            return  # nak'ed for a cache outage, or a later delivery owns the task: no ack
+        if outcome == "ok":
+            self.task_seconds += took
+            if status == COMPLETED:
+                self.processed += 1
+            else:
+                self.failed += 1
+            await self._event(status, entry.task_id, attempt=entry.delivery, error=error,
+                        duration_seconds=round(took, 6))  # fmt: skip
+        await self._safe(msg.ack())
+
+    # ---- helpers ---------------------------------------------------------------------
+    async def _cache(self, msg: Msg, op: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a Redis operation; while Redis is down keep the lease and retry, bounded."""
+        deadline = time.monotonic() + self.settings.cache_wait
+        delay = 0.1
+        while True:
+            try:
+                out = await op()
+                self._cache_ok.set()
+                self._slot_free.set()
+                return out
+            except CacheUnavailable as exc:
+                self._cache_ok.clear()
+                if time.monotonic() + delay > deadline:
+                    log.warning("Redis still down after %.0fs; nak: %s",
+                                self.settings.cache_wait, exc)  # fmt: skip
+                    await self._safe(msg.nak(delay=self.settings.retry_delay))
+                    return None
+                log.debug("Redis down, holding the task: %s", exc)
+                await self._safe(msg.in_progress())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _keep_lease(self, msg: Msg) -> None:
+        period = max(0.2, self.settings.ack_wait / 3)
+        while True:
+            await asyncio.sleep(period)
+            await self._safe(msg.in_progress())
+
+    async def _event(self, status: str, task_id: str, **fields: Any) -> None:
+        body = codec.dumps({
+            "kind": f"task.{status}", "at": time.time(), "task_id": task_id,
+            "agent_type": self.agent_type, "status": status, "worker_id": self.worker_id,
+            **fields,
+        })  # fmt: skip
+        await self._safe(self.nc.publish(self.names.task_event(status, self.agent_type), body))
+
+    @staticmethod
+    async def _safe(aw: Awaitable[Any]) -> None:
+        try:
+            await aw
+        except Exception as exc:  # a lost ack or event is recovered by redelivery
+            log.debug("nats op failed: %r", exc)
