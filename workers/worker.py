@@ -216,8 +216,11 @@ class Worker:
             return
         if claim == "stale":  # a later delivery owns this task now
             return
-        self.wait_seconds += max(0.0, time.time() - (task.submitted_at or stored_at))
-        await self._event(RUNNING, task.task_id, attempt=entry.delivery)
+        waited = max(0.0, time.time() - (task.submitted_at or stored_at))
+        self.wait_seconds += waited
+        await self._event(
+            RUNNING, task.task_id, attempt=entry.delivery, wait_seconds=round(waited, 6)
+        )
         status, result, error, elapsed = await self._run_handler(msg, task, entry)
         if status is None:
             return  # retry requested: already nak'ed
