@@ -139,6 +139,9 @@ class Heartbeat:
     concurrency: int = 0
     task_seconds_sum: float = 0.0
     wait_seconds_sum: float = 0.0
+    # Per-bucket counts over foundry.histogram.TASK_SECONDS_BOUNDS (+Inf last).
+    task_seconds_buckets: list[int] = field(default_factory=list)
+    wait_seconds_buckets: list[int] = field(default_factory=list)
 
     @classmethod
     def from_payload(cls, data: bytes) -> Heartbeat:

@@ -118,6 +118,15 @@ def _namespace(text: str) -> str:
     return text
 
 
+def _paths(text: str) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in text.split(os.pathsep) if p.strip())
+
+
+def _optional_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    conv = _url(schemes)
+    return lambda text: conv(text) if text else ""
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -176,6 +185,14 @@ class Settings:
     cache_wait: float = _opt("FOUNDRY_CACHE_WAIT", _positive(float), 60.0)
     embedded: bool = _opt("FOUNDRY_EMBEDDED", _bool, False)
     log_level: str = _opt("FOUNDRY_LOG_LEVEL", str.upper, "INFO")
+    monitor_host: str = _opt("FOUNDRY_MONITOR_HOST", str, "127.0.0.1")
+    host_interval: float = _opt("FOUNDRY_HOST_INTERVAL", _positive(float, 0.05), 5.0)
+    # Paths whose disk the monitor watches, separated like PATH; empty means the data dir.
+    watch_paths: tuple[Path, ...] = _opt("FOUNDRY_WATCH_PATHS", _paths, ())
+    # nats-server's HTTP monitoring endpoint (-m); empty: the monitor skips server stats.
+    nats_monitor_url: str = _opt(
+        "FOUNDRY_NATS_MONITOR_URL", _optional_url(("http", "https")), "", repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.fleet is None:
@@ -211,6 +228,8 @@ class Settings:
                 text = ",".join(f"{k}={v}" for k, v in value.items())
             elif isinstance(value, bool):
                 text = "1" if value else "0"
+            elif isinstance(value, tuple):
+                text = os.pathsep.join(str(v) for v in value)
             else:
                 text = str(value)
             out[f.metadata["env"]] = text
@@ -223,6 +242,11 @@ class Settings:
     @property
     def agent_types(self) -> list[str]:
         return list(self.fleet)
+
+    @property
+    def watched_paths(self) -> tuple[Path, ...]:
+        """What the monitor measures: ``watch_paths``, else the data dir."""
+        return self.watch_paths or (self.data_dir,)
 
     def describe(self) -> str:
         """A one-line summary safe to log (no secrets)."""

@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 
 from foundry import codec
 from foundry.errors import CacheUnavailable, MalformedTask
+from foundry.histogram import BucketCounts
 from foundry.messages import COMPLETED, FAILED, FINAL_STATUSES, RUNNING, Heartbeat, Task, parse_task
 from foundry.runtime import spawn
 from foundry.settings import Settings
@@ -76,6 +77,7 @@ class Worker:
         self.failed = 0
         self.task_seconds = 0.0
         self.wait_seconds = 0.0
+        self.task_hist, self.wait_hist = BucketCounts(), BucketCounts()
         self.started_at = time.time()
         self.inflight: dict[int, InFlight] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -143,6 +145,8 @@ class Worker:
             concurrency=self.concurrency,
             task_seconds_sum=round(self.task_seconds, 6),
             wait_seconds_sum=round(self.wait_seconds, 6),
+            task_seconds_buckets=self.task_hist.counts(),
+            wait_seconds_buckets=self.wait_hist.counts(),
         )
 
     # ---- fetching --------------------------------------------------------------------
@@ -218,6 +222,7 @@ class Worker:
             return
         waited = max(0.0, time.time() - (task.submitted_at or stored_at))
         self.wait_seconds += waited
+        self.wait_hist.observe(waited)
         await self._event(
             RUNNING, task.task_id, attempt=entry.delivery, wait_seconds=round(waited, 6)
         )
@@ -281,6 +286,7 @@ class Worker:
             return  # nak'ed for a cache outage, or a later delivery owns the task: no ack
         if outcome == "ok":
             self.task_seconds += took
+            self.task_hist.observe(took)
             if status == COMPLETED:
                 self.processed += 1
             else:
