@@ -1,0 +1,145 @@
+"""Task and heal events turned into counters: submissions, dead letters, relaunches, remediation.
+
+Events arrive on core NATS subscriptions (the same messages the AGENT_EVENTS
+stream stores). A monitor restart starts these counters from zero, which
+Prometheus' ``rate``/``increase`` treat as an ordinary counter reset. Label
+values come from fixed lists (anything else becomes ``other``) or from the
+admitted agent types, never from task or worker ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from monitor.labels import OTHER, AgentTypes, one_of
+
+log = logging.getLogger(__name__)
+
+HEAL_ACTIONS = ("relaunch", "kill_silent", "quarantine", "release", "poison", "dead_letter",
+                "remediate")  # fmt: skip
+RELAUNCH_REASONS = ("exit", "silent", "manual", "memory", "recycle")
+POLICIES = ("disk", "memory", "cpu", "redis", "nats")
+OUTCOMES = ("done", "dry_run", "failed", "skipped")
+DETECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class EventMetrics:
+    """Counters fed by ``<root>.events.task.{queued,dead}.*`` and ``<root>.events.heal.*``."""
+
+    def __init__(self, registry: CollectorRegistry, types: AgentTypes) -> None:
+        self.types = types
+        self.submitted = Counter(
+            "foundry_tasks_submitted", "Tasks accepted by the gateway (task.queued events).",
+            ["agent_type"], registry=registry,
+        )  # fmt: skip
+        self.dead = Counter(
+            "foundry_tasks_dead", "Tasks moved to the dead letter stream (task.dead events).",
+            ["agent_type"], registry=registry,
+        )  # fmt: skip
+        self.heal = Counter(
+            "foundry_heal_events", "Heal events by action.", ["action"], registry=registry
+        )
+        self.relaunches = Counter(
+            "foundry_relaunches", "Worker relaunches by agent type and reason.",
+            ["agent_type", "reason"], registry=registry,
+        )  # fmt: skip
+        self.detect = Histogram(
+            "foundry_relaunch_detect_seconds",
+            "Time from a worker failing to the healer noticing, by relaunch reason.",
+            ["reason"], buckets=DETECT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.silent_kills = Counter(
+            "foundry_silent_kills", "Silent (hung) workers the healer killed.",
+            ["agent_type"], registry=registry,
+        )  # fmt: skip
+        self.quarantines = Counter(
+            "foundry_quarantines", "Slots quarantined for crash looping.",
+            ["agent_type"], registry=registry,
+        )  # fmt: skip
+        self.quarantined = Gauge(
+            "foundry_slots_quarantined", "Slots in quarantine now (since the monitor started).",
+            ["agent_type"], registry=registry,
+        )  # fmt: skip
+        self.remediations = Counter(
+            "foundry_remediations", "Host remediation actions by policy and outcome.",
+            ["policy", "outcome"], registry=registry,
+        )  # fmt: skip
+        self._quarantined_slots: dict[str, str] = {}
+        for agent_type in types.known:
+            self._init_type(agent_type)
+        for action in HEAL_ACTIONS:
+            self.heal.labels(action)
+        for reason in RELAUNCH_REASONS:
+            self.detect.labels(reason)
+        for policy in POLICIES:
+            for outcome in OUTCOMES:
+                self.remediations.labels(policy, outcome)
+
+    def _init_type(self, agent_type: str) -> None:
+        """Series exist from the start (at zero), so alerts and panels see every type."""
+        self.submitted.labels(agent_type)
+        self.dead.labels(agent_type)
+        self.silent_kills.labels(agent_type)
+        self.quarantines.labels(agent_type)
+        self.quarantined.labels(agent_type).set(0)
+        for reason in RELAUNCH_REASONS:
+            self.relaunches.labels(agent_type, reason)
+
+    def _type(self, value: object) -> str | None:
+        before = len(self.types.known)
+        agent_type = self.types.admit(value)
+        if agent_type is not None and len(self.types.known) != before:
+            self._init_type(agent_type)
+        return agent_type
+
+    # ---- task events -----------------------------------------------------------------
+    def on_task_event(self, status: str, agent_type: str) -> None:
+        """A ``task.<status>`` event for ``agent_type`` (from the subject's last token)."""
+        checked = self._type(agent_type)
+        if checked is None:
+            return
+        if status == "queued":
+            self.submitted.labels(checked).inc()
+        elif status == "dead":
+            self.dead.labels(checked).inc()
+
+    # ---- heal events -----------------------------------------------------------------
+    def on_heal_event(self, action: str, body: dict[str, Any]) -> None:
+        """A ``heal.<action>`` event with its decoded payload."""
+        self.heal.labels(one_of(action, HEAL_ACTIONS)).inc()
+        if action == "remediate":
+            policy = one_of(body.get("policy"), POLICIES)
+            self.remediations.labels(policy, one_of(body.get("outcome"), OUTCOMES)).inc()
+            return
+        agent_type = self._type(body.get("agent_type"))
+        if agent_type is None:
+            return
+        if action == "relaunch":
+            reason = one_of(body.get("reason"), RELAUNCH_REASONS)
+            self.relaunches.labels(agent_type, reason).inc()
+            detect = body.get("detect_seconds")
+            if isinstance(detect, int | float) and detect >= 0:
+                self.detect.labels(reason).observe(float(detect))
+        elif action == "kill_silent":
+            self.silent_kills.labels(agent_type).inc()
+        elif action == "quarantine":
+            self.quarantines.labels(agent_type).inc()
+            self._quarantined_slots[str(body.get("slot") or OTHER)] = agent_type
+            self._refresh_quarantined()
+        elif action == "release":
+            self._quarantined_slots.pop(str(body.get("slot") or OTHER), None)
+            self._refresh_quarantined()
+
+    def _refresh_quarantined(self) -> None:
+        counts = dict.fromkeys(self.types.known, 0)
+        for agent_type in self._quarantined_slots.values():
+            counts[agent_type] = counts.get(agent_type, 0) + 1
+        for agent_type, n in counts.items():
+            self.quarantined.labels(agent_type).set(n)
+
+    def quarantined_slots(self) -> Iterable[str]:
+        return sorted(self._quarantined_slots)

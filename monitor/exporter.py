@@ -1,0 +1,262 @@
+"""Heartbeats in, cluster metrics out (the exporter pattern).
+
+Workers do not serve ``/metrics``: each heartbeat carries the worker's own
+counters (tasks completed and failed, duration and queue-wait histograms) and
+this collector adds them up per agent type at scrape time. Prometheus scrapes
+the monitor, not every worker.
+
+A worker's counters start again at zero when its process is replaced, so the
+last figures of every finished process (stopped, relaunched under the same
+worker id, or silent for ``forget_after``) are kept and added in: the cluster
+totals never go down. What a worker counted after its last heartbeat is lost
+with it (at most one heartbeat interval's worth).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from foundry.histogram import TASK_SECONDS_BOUNDS, cumulative
+from foundry.messages import Heartbeat
+from monitor.labels import AgentTypes
+
+STATES = ("starting", "idle", "busy", "draining", "silent")
+_NBUCKETS = len(TASK_SECONDS_BOUNDS) + 1
+_LE = [f"{b:g}" for b in TASK_SECONDS_BOUNDS] + ["+Inf"]
+_KEEP_FINISHED = 1024  # finished processes remembered one by one (older ones are folded)
+
+Incarnation = tuple[str, int, float]  # worker id, pid, started_at
+
+
+@dataclass
+class Totals:
+    """Counters of one process, or the sum of several."""
+
+    completed: int = 0
+    failed: int = 0
+    task_sum: float = 0.0
+    task_buckets: list[int] = field(default_factory=lambda: [0] * _NBUCKETS)
+    wait_sum: float = 0.0
+    wait_buckets: list[int] = field(default_factory=lambda: [0] * _NBUCKETS)
+
+    @classmethod
+    def of(cls, beat: Heartbeat) -> Totals:
+        out = cls(completed=max(0, beat.processed), failed=max(0, beat.failed))
+        # A histogram is taken whole or not at all, so _sum and _count stay consistent.
+        if _valid(beat.task_seconds_buckets):
+            out.task_sum, out.task_buckets = beat.task_seconds_sum, list(beat.task_seconds_buckets)
+        if _valid(beat.wait_seconds_buckets):
+            out.wait_sum, out.wait_buckets = beat.wait_seconds_sum, list(beat.wait_seconds_buckets)
+        return out
+
+    def add(self, other: Totals) -> None:
+        self.completed += other.completed
+        self.failed += other.failed
+        self.task_sum += other.task_sum
+        self.wait_sum += other.wait_sum
+        for i in range(_NBUCKETS):
+            self.task_buckets[i] += other.task_buckets[i]
+            self.wait_buckets[i] += other.wait_buckets[i]
+
+
+def _valid(buckets: object) -> bool:
+    return (
+        isinstance(buckets, list)
+        and len(buckets) == _NBUCKETS
+        and all(isinstance(c, int) and c >= 0 for c in buckets)
+    )
+
+
+@dataclass
+class Seen:
+    """The latest heartbeat of a live worker and when it arrived (monotonic)."""
+
+    beat: Heartbeat
+    received: float
+
+    @property
+    def incarnation(self) -> Incarnation:
+        return (self.beat.worker_id, self.beat.pid, self.beat.started_at)
+
+
+class ClusterExporter(Collector):
+    """Holds the latest heartbeat of every worker; yields cluster metrics when scraped."""
+
+    def __init__(
+        self,
+        fleet: Mapping[str, int],
+        silence_timeout: float,
+        forget_after: float | None = None,
+        types: AgentTypes | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.fleet = dict(fleet)
+        self.types = types or AgentTypes(fleet)
+        self.silence_timeout = silence_timeout
+        self.forget_after = forget_after or max(300.0, silence_timeout * 20)
+        self.clock, self.wall = clock, wall
+        self.workers: dict[str, Seen] = {}
+        self._finished: OrderedDict[Incarnation, tuple[str, Totals]] = OrderedDict()
+        self._folded: dict[str, Totals] = {}
+
+    # ---- input -----------------------------------------------------------------------
+    def observe(self, beat: Heartbeat) -> None:
+        """Take one heartbeat into account."""
+        if self.types.admit(beat.agent_type) is None or not isinstance(beat.worker_id, str):
+            return
+        seen = Seen(beat, self.clock())
+        previous = self.workers.get(beat.worker_id)
+        if previous is not None and previous.incarnation != seen.incarnation:
+            self._retire(previous)  # the same worker id in a new process: a relaunch
+        # A process forgotten for silence that speaks again is live again, not finished.
+        self._finished.pop(seen.incarnation, None)
+        if beat.state == "stopped":
+            self.workers.pop(beat.worker_id, None)
+            self._retire(seen)
+        else:
+            self.workers[beat.worker_id] = seen
+
+    def _retire(self, seen: Seen) -> None:
+        self._finished[seen.incarnation] = (seen.beat.agent_type, Totals.of(seen.beat))
+        self._finished.move_to_end(seen.incarnation)
+        while len(self._finished) > _KEEP_FINISHED:
+            _, (agent_type, totals) = self._finished.popitem(last=False)
+            self._folded.setdefault(agent_type, Totals()).add(totals)
+
+    def prune(self) -> None:
+        """Forget workers silent for longer than ``forget_after``; keep their counts."""
+        now = self.clock()
+        for wid, seen in list(self.workers.items()):
+            if now - seen.received > self.forget_after:
+                del self.workers[wid]
+                self._retire(seen)
+
+    # ---- views -----------------------------------------------------------------------
+    def live(self) -> list[Seen]:
+        """Workers heard from within ``forget_after``, by worker id."""
+        self.prune()
+        return [self.workers[w] for w in sorted(self.workers)]
+
+    def state_of(self, seen: Seen) -> str:
+        if self.clock() - seen.received > self.silence_timeout:
+            return "silent"
+        return seen.beat.state if seen.beat.state in STATES else "idle"
+
+    def totals(self) -> dict[str, Totals]:
+        """Cluster totals per agent type: finished processes plus live ones."""
+        out = {t: Totals() for t in self.types.known}
+        for agent_type, folded in self._folded.items():
+            out[agent_type].add(folded)
+        for agent_type, totals in self._finished.values():
+            out[agent_type].add(totals)
+        for seen in self.workers.values():
+            out[seen.beat.agent_type].add(Totals.of(seen.beat))
+        return out
+
+    # ---- collection ------------------------------------------------------------------
+    def collect(self) -> Iterable[Metric]:
+        live = self.live()
+        yield from self._task_metrics()
+        yield from self._worker_counts(live)
+        yield from self._per_worker(live)
+
+    def _task_metrics(self) -> Iterable[Metric]:
+        completed = CounterMetricFamily(
+            "foundry_tasks_completed", "Tasks finished successfully (from heartbeats).",
+            labels=["agent_type"],
+        )  # fmt: skip
+        failed = CounterMetricFamily(
+            "foundry_tasks_failed", "Tasks that failed (handler error, timeout, malformed).",
+            labels=["agent_type"],
+        )  # fmt: skip
+        duration = HistogramMetricFamily(
+            "foundry_task_duration_seconds", "Handler run time of finished tasks.",
+            labels=["agent_type"],
+        )  # fmt: skip
+        wait = HistogramMetricFamily(
+            "foundry_task_queue_wait_seconds", "Time from submission to a worker starting it.",
+            labels=["agent_type"],
+        )  # fmt: skip
+        for agent_type, t in self.totals().items():
+            completed.add_metric([agent_type], t.completed)
+            failed.add_metric([agent_type], t.failed)
+            duration.add_metric([agent_type], _buckets(t.task_buckets), t.task_sum)
+            wait.add_metric([agent_type], _buckets(t.wait_buckets), t.wait_sum)
+        yield from (completed, failed, duration, wait)
+
+    def _worker_counts(self, live: list[Seen]) -> Iterable[Metric]:
+        counts = {(t, s): 0 for t in self.types.known for s in STATES}
+        for seen in live:
+            counts[(seen.beat.agent_type, self.state_of(seen))] += 1
+        workers = GaugeMetricFamily(
+            "foundry_workers", "Workers by agent type and state ('silent': no recent heartbeat).",
+            labels=["agent_type", "state"],
+        )  # fmt: skip
+        for (agent_type, state), n in counts.items():
+            workers.add_metric([agent_type, state], n)
+        desired = GaugeMetricFamily(
+            "foundry_workers_desired", "Worker processes the fleet asks for, by agent type.",
+            labels=["agent_type"],
+        )  # fmt: skip
+        for agent_type in self.types.known:
+            desired.add_metric([agent_type], self.fleet.get(agent_type, 0))
+        yield from (workers, desired)
+
+    def _per_worker(self, live: list[Seen]) -> Iterable[Metric]:
+        labels = ["agent_type", "worker"]
+        up = GaugeMetricFamily(
+            "foundry_worker_up", "1 when the worker's last heartbeat is within the silence "
+            "timeout, else 0.", labels=labels,
+        )  # fmt: skip
+        age = GaugeMetricFamily(
+            "foundry_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.",
+            labels=labels,
+        )  # fmt: skip
+        pid = GaugeMetricFamily("foundry_worker_pid", "Process id of the worker.", labels=labels)
+        uptime = GaugeMetricFamily(
+            "foundry_worker_uptime_seconds", "Seconds since the worker process started.",
+            labels=labels,
+        )  # fmt: skip
+        in_flight = GaugeMetricFamily(
+            "foundry_worker_in_flight", "Tasks the worker holds right now.", labels=labels
+        )
+        lag = GaugeMetricFamily(
+            "foundry_worker_loop_lag_seconds", "How late the worker's event loop woke up.",
+            labels=labels,
+        )  # fmt: skip
+        done = CounterMetricFamily(
+            "foundry_worker_tasks_completed", "Tasks this worker process completed.", labels=labels
+        )
+        failed = CounterMetricFamily(
+            "foundry_worker_tasks_failed", "Tasks this worker process failed.", labels=labels
+        )
+        now_mono, now = self.clock(), self.wall()
+        for seen in live:
+            b = seen.beat
+            key = [b.agent_type, b.worker_id]
+            heard = now_mono - seen.received
+            up.add_metric(key, 0 if self.state_of(seen) == "silent" else 1)
+            age.add_metric(key, heard)
+            pid.add_metric(key, b.pid)
+            uptime.add_metric(key, max(0.0, now - b.started_at) if b.started_at else 0.0)
+            in_flight.add_metric(key, len(b.in_flight))
+            lag.add_metric(key, b.loop_lag_seconds)
+            done.add_metric(key, max(0, b.processed))
+            failed.add_metric(key, max(0, b.failed))
+        yield from (up, age, pid, uptime, in_flight, lag, done, failed)
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    return list(zip(_LE, (float(c) for c in cumulative(counts)), strict=True))

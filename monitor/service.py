@@ -1,0 +1,207 @@
+"""The monitor service: owns the connections, the subscriptions, the sampling loop and the app.
+
+Every ``FOUNDRY_HOST_INTERVAL`` it samples the host, probes NATS and Redis,
+publishes the sample on ``names.host(<host>)`` and refreshes the JetStream
+(and optional nats-server) figures. Heartbeats and events are taken in as they
+arrive. ``/metrics`` serves all of it from one registry; ``/health`` says
+whether the sampling loop is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from foundry import codec
+from foundry.connect import connect_nats, redis_client
+from foundry.hostsample import HostSample, host_token
+from foundry.messages import Heartbeat
+from foundry.runtime import spawn
+from foundry.settings import Settings
+from monitor.events import EventMetrics
+from monitor.exporter import ClusterExporter
+from monitor.hostmetrics import HostMetrics
+from monitor.jetstream import JetStreamStats
+from monitor.labels import AgentTypes
+from monitor.nats_server import NatsServerStats
+from monitor.sampler import HostSampler, probe_nats, probe_redis
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    """Cluster and host observer; :meth:`start` after connecting, :meth:`stop` before closing."""
+
+    def __init__(self, settings: Settings, hostname: str | None = None) -> None:
+        self.settings = settings
+        self.names = settings.names
+        self.hostname = hostname or socket.gethostname()
+        self.subject = self.names.host(host_token(self.hostname))
+        self.registry = CollectorRegistry()
+        self.types = AgentTypes(settings.fleet)
+        self.exporter = ClusterExporter(settings.fleet, settings.silence_timeout, types=self.types)
+        self.events = EventMetrics(self.registry, self.types)
+        self.jetstream = JetStreamStats(self.names, self.types)
+        self.host_metrics = HostMetrics()
+        self.nats_server = (
+            NatsServerStats(settings.nats_monitor_url) if settings.nats_monitor_url else None
+        )
+        for collector in (self.exporter, self.jetstream, self.host_metrics, self.nats_server):
+            if collector is not None:
+                self.registry.register(collector)
+        self.sampler = HostSampler(self.hostname, settings.watched_paths)
+        self.started = time.monotonic()
+        self.last_sample_at: float | None = None
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.nc: NATS
+        self.redis: aioredis.Redis
+        self.http: aiohttp.ClientSession
+
+    @property
+    def last_sample(self) -> HostSample | None:
+        return self.host_metrics.sample
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self, nc: NATS, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
+        self.nc, self.redis, self.http = nc, redis, http
+        subscriptions = (
+            (self.names.heartbeat("*", "*"), self._on_beat),
+            (self.names.task_event("queued", "*"), self._on_task_event),
+            (self.names.task_event("dead", "*"), self._on_task_event),
+            (self.names.heal_event("*"), self._on_heal_event),
+        )
+        for subject, cb in subscriptions:
+            self._subs.append(await nc.subscribe(subject, cb=cb))
+        spawn(self._loop(), self._tasks)
+        log.info("monitor on %s: host samples on %s every %gs", self.hostname, self.subject,
+                 self.settings.host_interval)  # fmt: skip
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _loop(self) -> None:
+        interval = self.settings.host_interval
+        while True:
+            began = time.monotonic()
+            try:
+                await self.sample_once()
+            except Exception:
+                log.exception("host sample failed; trying again next interval")
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+
+    async def sample_once(self) -> HostSample:
+        """Probe, measure, publish the host sample and refresh the JetStream figures."""
+        nats_probe, redis_probe = await asyncio.gather(probe_nats(self.nc), probe_redis(self.redis))
+        fleet = [seen.beat for seen in self.exporter.live()]
+        sample = await asyncio.to_thread(self.sampler.measure, fleet, nats_probe, redis_probe)
+        self.host_metrics.sample = sample
+        self.last_sample_at = time.monotonic()
+        if self.nc.is_connected:
+            try:
+                await self.nc.publish(self.subject, sample.to_payload())
+            except Exception as exc:  # disconnected: the next interval tries again
+                log.debug("host sample not published: %r", exc)
+        refreshes = [self.jetstream.refresh(self.nc.jetstream())]
+        if self.nats_server is not None:
+            refreshes.append(self.nats_server.refresh(self.http))
+        await asyncio.gather(*refreshes)
+        return sample
+
+    # ---- subscriptions ---------------------------------------------------------------
+    async def _on_beat(self, msg: Msg) -> None:
+        try:
+            beat = Heartbeat.from_payload(msg.data)
+        except (ValueError, TypeError):
+            return
+        self.exporter.observe(beat)
+
+    async def _on_task_event(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        self.events.on_task_event(tokens[-2], tokens[-1])
+
+    async def _on_heal_event(self, msg: Msg) -> None:
+        try:
+            body = codec.loads(msg.data)
+        except ValueError:
+            body = {}
+        self.events.on_heal_event(msg.subject.rsplit(".", 1)[-1], body if isinstance(body, dict)
+                                  else {})  # fmt: skip
+
+    # ---- health ----------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the sampling loop keeps up (NATS or Redis down is reported, not fatal)."""
+        now = time.monotonic()
+        since = now - (self.last_sample_at or self.started)
+        limit = max(3 * self.settings.host_interval, self.settings.host_interval + 10)
+        ok = since <= limit
+        sample = self.last_sample
+        return ok, {
+            "status": "healthy" if ok else "unhealthy",
+            "host": self.hostname,
+            "last_sample_age_seconds": round(since, 3) if self.last_sample_at else None,
+            "nats": "connected" if self.nc.is_connected else "unreachable",
+            "redis": "unknown" if sample is None else ("ok" if sample.redis_ok else "unreachable"),
+            "workers": len(self.exporter.workers),
+        }
+
+
+MONITOR = web.AppKey("monitor", Monitor)
+
+
+async def _health(request: web.Request) -> web.Response:
+    ok, body = request.app[MONITOR].health()
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def _host(request: web.Request) -> web.Response:
+    sample = request.app[MONITOR].last_sample
+    if sample is None:
+        return web.json_response({"error": "no_sample_yet"}, status=503)
+    return web.json_response(sample.to_json())
+
+
+def create_app(settings: Settings, hostname: str | None = None) -> web.Application:
+    """The monitor's app: connects in ``cleanup_ctx``; ``/health``, ``/host``, ``/metrics``."""
+    # Process-wide: the *_created series would double the series count; nothing reads them.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    monitor = Monitor(settings, hostname)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        nc = await connect_nats(settings, "monitor")
+        redis = redis_client(settings)  # not awaited: a Redis outage is something to report
+        http = aiohttp.ClientSession()
+        await monitor.start(nc, redis, http)
+        yield
+        await monitor.stop()
+        await http.close()
+        await nc.drain() if nc.is_connected else await nc.close()
+        await redis.aclose()
+
+    app = web.Application()
+    app[MONITOR] = monitor
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/host", _host)
+    app.router.add_get("/metrics", make_aiohttp_handler(monitor.registry))
+    return app
