@@ -15,6 +15,7 @@ from gateway import cluster, tasks
 from gateway.errors import json_errors
 from gateway.keys import JS, NC, REDIS, SETTINGS, STORE, VIEW
 from gateway.live import ClusterView
+from gateway.metrics import setup_metrics
 from gateway.openapi import openapi_view
 
 log = logging.getLogger(__name__)
@@ -54,4 +55,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/cluster/status", cluster.status)
     app.router.add_get("/api/cluster/agents/live", cluster.agents_live)
     app.router.add_get("/api/openapi.json", openapi_view)
+    setup_metrics(app)
     return app
