@@ -80,13 +80,19 @@ def nats_command(port: int, store_dir: Path, http_port: int | None = None) -> li
 def redis_command(port: int, data_dir: Path, persist: bool = True) -> list[str]:
     cmd = [
         find_redis_server(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--daemonize", "no",
-        "--protected-mode", "no",
-        "--save", "",
-    ]  # fmt: skip
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+    ]
     cmd += ["--appendonly", "yes" if persist else "no"]
     return cmd
 

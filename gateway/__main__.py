@@ -49,9 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         web.run_app(
-            create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-            print=lambda _: None, access_log=None, shutdown_timeout=5,
-        )  # fmt: skip
+            create_app(settings),
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            print=lambda _: None,
+            access_log=None,
+            shutdown_timeout=5,
+        )
     except (BrokerUnavailable, CacheUnavailable) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -11,7 +11,7 @@ from foundry.connect import connect_nats, connect_redis
 from foundry.provision import provision
 from foundry.settings import Settings
 from foundry.store import TaskStore
-from gateway import cluster, tasks
+from gateway import cluster, heal, tasks
 from gateway.errors import json_errors
 from gateway.keys import JS, NC, REDIS, SETTINGS, STORE, VIEW
 from gateway.live import ClusterView
@@ -54,6 +54,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/cluster/task/{task_id}", tasks.get_task)
     app.router.add_get("/api/cluster/status", cluster.status)
     app.router.add_get("/api/cluster/agents/live", cluster.agents_live)
+    app.router.add_post("/api/cluster/heal", heal.heal_now)
+    app.router.add_get("/api/cluster/heal/history", heal.history)
+    app.router.add_post("/api/cluster/workers/{worker_id}/release", heal.release)
     app.router.add_get("/api/openapi.json", openapi_view)
     setup_metrics(app)
     return app

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateway.heal import healer_slots
 from gateway.keys import JS, NC, REDIS, SETTINGS, VIEW
 
 PROBE_TIMEOUT = 1.0
@@ -44,9 +45,10 @@ async def health(request: web.Request) -> web.Response:
     """GET /health: 200 when NATS and Redis answer, else 503 naming what is unreachable."""
     nats_ok = request.app[NC].is_connected
     redis_ok, healer_ok, ready = await asyncio.gather(
-        _redis_ok(request), _healer_running(request),
+        _redis_ok(request),
+        _healer_running(request),
         _streams_ready(request) if nats_ok else asyncio.sleep(0, False),
-    )  # fmt: skip
+    )
     problems = [name for name, ok in (("nats", nats_ok), ("redis", redis_ok)) if not ok]
     body: dict[str, Any] = {
         "status": "healthy" if not problems else "unhealthy",
@@ -73,35 +75,84 @@ async def _queues(request: web.Request) -> dict[str, dict[str, int]]:
             )
         except Exception:
             continue
-        out[agent_type] = {"pending": info.num_pending or 0,
-                           "ack_pending": info.num_ack_pending or 0,
-                           "redelivered": info.num_redelivered or 0}  # fmt: skip
+        out[agent_type] = {
+            "pending": info.num_pending or 0,
+            "ack_pending": info.num_ack_pending or 0,
+            "redelivered": info.num_redelivered or 0,
+        }
     return out
+
+
+async def _workers(request: web.Request) -> tuple[list[dict[str, Any]], bool]:
+    """Heartbeat rows merged with the healer's slots (quarantined, backing off, starting)."""
+    rows = request.app[VIEW].live_workers()
+    slots = await healer_slots(request)
+    if slots is None:
+        return rows, False
+    seen = set()
+    for row in rows:
+        slot = slots.get(row["worker_id"])
+        if slot is not None:
+            seen.add(row["worker_id"])
+            row["slot_state"] = slot["state"]
+            row["restarts"] = slot["restarts"]
+            if slot["state"] == "quarantined":
+                row["status"] = "quarantined"
+    for name, slot in slots.items():
+        if slot["kind"] != "worker" or name in seen:
+            continue
+        state = slot["state"]
+        rows.append(
+            {
+                "worker_id": name,
+                "agent_type": slot["agent_type"],
+                "status": "quarantined" if state == "quarantined" else "unhealthy",
+                "state": state,
+                "slot_state": state,
+                "pid": slot["pid"],
+                "host": None,
+                "tasks_processed": 0,
+                "errors": 0,
+                "in_flight": 0,
+                "uptime_seconds": 0.0,
+                "last_heartbeat_age_seconds": None,
+                "restarts": slot["restarts"],
+                "quarantine_reason": slot["quarantine_reason"],
+                "last_error": slot["last_error"],
+            }
+        )
+    rows.sort(key=lambda r: r["worker_id"])
+    return rows, True
 
 
 async def status(request: web.Request) -> web.Response:
     """GET /api/cluster/status: totals by health, the fleet, queues."""
     settings = request.app[SETTINGS]
-    workers = request.app[VIEW].live_workers()
-    healthy = sum(1 for w in workers if w["status"] == "healthy")
+    workers, healer = await _workers(request)
+    counts = {"healthy": 0, "unhealthy": 0, "quarantined": 0}
     by_type: dict[str, dict[str, int]] = {
-        t: {"desired": n, "healthy": 0, "unhealthy": 0} for t, n in settings.fleet.items()
+        t: {"desired": n, **dict.fromkeys(counts, 0)} for t, n in settings.fleet.items()
     }
     for w in workers:
-        row = by_type.setdefault(w["agent_type"], {"desired": 0, "healthy": 0, "unhealthy": 0})
-        row["healthy" if w["status"] == "healthy" else "unhealthy"] += 1
-    return web.json_response({
-        "total_workers": len(workers),
-        "healthy_workers": healthy,
-        "unhealthy_workers": len(workers) - healthy,
-        "agent_types": by_type,
-        "queues": await _queues(request),
-        "nats": "connected" if request.app[NC].is_connected else "unreachable",
-        "redis": "connected" if await _redis_ok(request) else "unreachable",
-    })  # fmt: skip
+        counts[w["status"]] += 1
+        row = by_type.setdefault(w["agent_type"], {"desired": 0, **dict.fromkeys(counts, 0)})
+        row[w["status"]] += 1
+    return web.json_response(
+        {
+            "total_workers": len(workers),
+            "healthy_workers": counts["healthy"],
+            "unhealthy_workers": counts["unhealthy"] + counts["quarantined"],
+            "quarantined_workers": counts["quarantined"],
+            "agent_types": by_type,
+            "queues": await _queues(request),
+            "healer": "running" if healer else "not running",
+            "nats": "connected" if request.app[NC].is_connected else "unreachable",
+            "redis": "connected" if await _redis_ok(request) else "unreachable",
+        }
+    )
 
 
 async def agents_live(request: web.Request) -> web.Response:
-    """GET /api/cluster/agents/live: one row per worker seen in heartbeats."""
-    workers = request.app[VIEW].live_workers()
+    """GET /api/cluster/agents/live: one row per worker (heartbeats + the healer's slots)."""
+    workers, _ = await _workers(request)
     return web.json_response({"agents": workers, "count": len(workers)})

@@ -46,10 +46,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
         limit = request.app[SETTINGS].max_task_bytes
         raise ApiError(
-            413, "payload_too_large",
+            413,
+            "payload_too_large",
             f"request body is over the {limit} byte limit (FOUNDRY_MAX_TASK_BYTES); "
             "send a smaller task or raise the limit",
-        ) from None  # fmt: skip
+        ) from None
     except web.HTTPException as exc:
         if exc.status_code < 400:
             raise

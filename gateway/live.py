@@ -72,17 +72,25 @@ class ClusterView:
         rows = []
         for seen in sorted(self.workers.values(), key=lambda s: s.beat.worker_id):
             b, age = seen.beat, now_mono - seen.received
-            rows.append({
-                "worker_id": b.worker_id, "agent_type": b.agent_type,
-                "status": "healthy" if age <= self.silence_timeout else "unhealthy",
-                "state": b.state, "pid": b.pid, "host": b.host, "slot": b.slot,
-                "tasks_processed": b.processed, "errors": b.failed,
-                "in_flight": len(b.in_flight),
-                "uptime_seconds": round(max(0.0, now - b.started_at), 3),
-                "last_heartbeat_age_seconds": round(age, 3),
-                "rss_bytes": b.rss_bytes, "cpu_percent": b.cpu_percent,
-                "loop_lag_seconds": b.loop_lag_seconds,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "worker_id": b.worker_id,
+                    "agent_type": b.agent_type,
+                    "status": "healthy" if age <= self.silence_timeout else "unhealthy",
+                    "state": b.state,
+                    "pid": b.pid,
+                    "host": b.host,
+                    "slot": b.slot,
+                    "tasks_processed": b.processed,
+                    "errors": b.failed,
+                    "in_flight": len(b.in_flight),
+                    "uptime_seconds": round(max(0.0, now - b.started_at), 3),
+                    "last_heartbeat_age_seconds": round(age, 3),
+                    "rss_bytes": b.rss_bytes,
+                    "cpu_percent": b.cpu_percent,
+                    "loop_lag_seconds": b.loop_lag_seconds,
+                }
+            )
         return rows
 
     # ---- completion waiters ------------------------------------------------------------

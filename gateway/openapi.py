@@ -17,9 +17,13 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Bad input: the message names the field", 404: "Unknown id",
-            413: "Body over FOUNDRY_MAX_TASK_BYTES", 429: "Queue full",
-            503: "NATS, Redis or the healer unreachable"}  # fmt: skip
+    text = {
+        400: "Bad input: the message names the field",
+        404: "Unknown id",
+        413: "Body over FOUNDRY_MAX_TASK_BYTES",
+        429: "Queue full",
+        503: "NATS, Redis or the healer unreachable",
+    }
     return {str(c): _resp(text[c], _ERROR) for c in codes}
 
 
@@ -113,6 +117,49 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": _op(
             "Workers seen in heartbeats",
             {"200": _resp("Workers", _obj(agents={"type": "array"}, count=INT))},
+        )
+    },
+    "/api/cluster/heal": {
+        "post": _op(
+            "Relaunch anything dead or silent now",
+            {
+                "200": _resp(
+                    "What was healed",
+                    _obj(healed_workers={"type": "array"}, count=INT, message=STR),
+                )
+            },
+            503,
+        )
+    },
+    "/api/cluster/heal/history": {
+        "get": _op(
+            "Heal events (relaunch, kill_silent, quarantine, release, poison, dead_letter, "
+            "remediate), newest first",
+            {
+                "200": _resp(
+                    "Events", _obj(events={"type": "array"}, count=INT, offset=INT, total=INT)
+                )
+            },
+            400,
+            503,
+            parameters=[
+                {"name": n, "in": "query", "required": False, "schema": INT}
+                for n in ("limit", "offset")
+            ],
+        )
+    },
+    "/api/cluster/workers/{worker_id}/release": {
+        "post": _op(
+            "Release a quarantined worker slot (the healer relaunches it)",
+            {
+                "200": _resp(
+                    "Released", _obj(released={"type": "boolean"}, worker_id=STR, state=STR)
+                ),
+                "409": _resp("The slot is not quarantined", _ERROR),
+            },
+            404,
+            503,
+            parameters=[{"name": "worker_id", "in": "path", "required": True, "schema": STR}],
         )
     },
     "/api/openapi.json": {"get": _op("This document", {"200": _resp("OpenAPI 3.1", ANY)})},

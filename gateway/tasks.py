@@ -43,13 +43,16 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
 
 def _task_from(request: web.Request, body: dict[str, Any]) -> Task:
     settings = request.app[SETTINGS]
-    fields: dict[str, Any] = {k: request.query[k] for k in ("agent_type", "description", "task_id")
-                              if k in request.query}  # fmt: skip
+    fields: dict[str, Any] = {
+        k: request.query[k] for k in ("agent_type", "description", "task_id") if k in request.query
+    }
     fields.update(body)
     unknown = sorted(set(fields) - {"agent_type", "description", "input", "task_id"})
     if unknown:
-        raise bad_request(f"unknown field(s) {unknown}; allowed: agent_type, description, "
-                          "input, task_id", field=unknown[0])  # fmt: skip
+        raise bad_request(
+            f"unknown field(s) {unknown}; allowed: agent_type, description, input, task_id",
+            field=unknown[0],
+        )
     agent_type = fields.get("agent_type")
     if agent_type is None:
         raise bad_request("agent_type is required (query parameter or JSON field)", "agent_type")
@@ -60,8 +63,9 @@ def _task_from(request: web.Request, body: dict[str, Any]) -> Task:
     if agent_type not in settings.fleet:
         raise bad_request(
             f"unknown agent type {agent_type!r}; known types: {', '.join(settings.fleet)}",
-            "agent_type", known_types=list(settings.fleet),
-        )  # fmt: skip
+            "agent_type",
+            known_types=list(settings.fleet),
+        )
     description = fields.get("description", "")
     if not isinstance(description, str):
         raise bad_request("description must be a string", "description")
@@ -93,10 +97,12 @@ async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
         except JsAPIError as exc:
             if exc.err_code == 10077 or "maximum messages per subject" in str(exc.description):
                 raise ApiError(
-                    429, "queue_full",
+                    429,
+                    "queue_full",
                     f"the {task.agent_type} queue is full (FOUNDRY_MAX_QUEUE_PER_TYPE); "
-                    "retry later", agent_type=task.agent_type,
-                ) from None  # fmt: skip
+                    "retry later",
+                    agent_type=task.agent_type,
+                ) from None
             raise BrokerUnavailable(f"JetStream refused the task: {exc.description}") from None
         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
             last = exc
@@ -110,9 +116,12 @@ async def submit(request: web.Request) -> web.Response:
     task = _task_from(request, await _read_body(request))
     payload = task.to_payload()
     if len(payload) > settings.max_task_bytes:
-        raise ApiError(413, "payload_too_large",
-                       f"task is {len(payload)} bytes, over the {settings.max_task_bytes} byte "
-                       "limit (FOUNDRY_MAX_TASK_BYTES)")  # fmt: skip
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"task is {len(payload)} bytes, over the {settings.max_task_bytes} byte "
+            "limit (FOUNDRY_MAX_TASK_BYTES)",
+        )
     store = request.app[STORE]
     existing = await store.queue(task.task_id, task.agent_type, task.submitted_at)
     record = None
@@ -129,11 +138,22 @@ async def submit(request: web.Request) -> web.Response:
             raise
         duplicate = duplicate or existing != "created"
     if not duplicate:
-        event = codec.dumps({"kind": "task.queued", "at": time.time(), "task_id": task.task_id,
-                             "agent_type": task.agent_type, "status": QUEUED})  # fmt: skip
+        event = codec.dumps(
+            {
+                "kind": "task.queued",
+                "at": time.time(),
+                "task_id": task.task_id,
+                "agent_type": task.agent_type,
+                "status": QUEUED,
+            }
+        )
         await request.app[NC].publish(settings.names.task_event(QUEUED, task.agent_type), event)
-    body = {"task_id": task.task_id, "agent_type": task.agent_type, "status": "submitted",
-            "duplicate": duplicate}  # fmt: skip
+    body = {
+        "task_id": task.task_id,
+        "agent_type": task.agent_type,
+        "status": "submitted",
+        "duplicate": duplicate,
+    }
     if record is not None:
         body["task_status"] = record.status
     return web.json_response(body, status=202)
@@ -171,6 +191,11 @@ async def get_task(request: web.Request) -> web.Response:
             except TimeoutError:
                 pass
     if record is None:
-        raise ApiError(404, "not_found", f"no task {task_id!r}: it was never submitted, or its "
-                       "record expired (FOUNDRY_RESULT_TTL)", task_id=task_id)  # fmt: skip
+        raise ApiError(
+            404,
+            "not_found",
+            f"no task {task_id!r}: it was never submitted, or its "
+            "record expired (FOUNDRY_RESULT_TTL)",
+            task_id=task_id,
+        )
     return web.json_response(record.to_json())

@@ -24,6 +24,7 @@ HEAL_ACTIONS = ("relaunch", "kill_silent", "quarantine", "release", "poison", "d
 RELAUNCH_REASONS = ("exit", "silent", "manual", "memory", "recycle")
 POLICIES = ("disk", "memory", "cpu", "redis", "nats")
 OUTCOMES = ("done", "dry_run", "failed", "skipped")
+SERVICE_SLOTS = ("gateway", "monitor", "nats-server", "redis-server")
 DETECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -115,7 +116,11 @@ class EventMetrics:
             policy = one_of(body.get("policy"), POLICIES)
             self.remediations.labels(policy, one_of(body.get("outcome"), OUTCOMES)).inc()
             return
-        agent_type = self._type(body.get("agent_type"))
+        if body.get("slot_kind") not in (None, "worker"):
+            # A supervised service or server: labelled by its slot, kept out of the agent types.
+            agent_type: str | None = one_of(body.get("slot"), SERVICE_SLOTS)
+        else:
+            agent_type = self._type(body.get("agent_type"))
         if agent_type is None:
             return
         if action == "relaunch":

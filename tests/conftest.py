@@ -130,8 +130,11 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
         yield conn
     finally:
         js = conn.jetstream()
-        for stream in (settings.names.tasks_stream, settings.names.events_stream,
-                       settings.names.dead_stream):  # fmt: skip
+        for stream in (
+            settings.names.tasks_stream,
+            settings.names.events_stream,
+            settings.names.dead_stream,
+        ):
             with contextlib.suppress(Exception):
                 await js.delete_stream(stream)
         await conn.close()
@@ -194,7 +197,7 @@ def procs(tmp_path: Path) -> Iterator[ProcessGroup]:
         group.stop_all()
 
 
-async def eventually(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:  # noqa: ASYNC109
+async def eventually(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
     """Poll ``check`` (sync or async) until it returns truthy, or fail after ``timeout``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -66,3 +66,7 @@ async def wedge(ctx: TaskContext) -> Any:
     """Block the event loop (a hung worker: no heartbeats)."""
     time.sleep(float((ctx.input or {}).get("seconds", 30)))
     return {"woke": True}
+
+
+async def retry_always(ctx: TaskContext) -> Any:
+    raise RetryableError("never ready", delay=0.1)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import psutil
 
 from foundry.settings import Settings
 
@@ -28,6 +31,7 @@ class ProcessGroup:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.run_dirs: list[Path] = []
 
     def start(
         self, args: list[str], settings: Settings, name: str, **env: str
@@ -35,9 +39,13 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, *args], env=child_env(settings, **env), stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(ROOT),
-        )  # fmt: skip
+            [sys.executable, *args],
+            env=child_env(settings, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(ROOT),
+        )
         log.close()
         self.procs.append(proc)
         return proc
@@ -45,14 +53,30 @@ class ProcessGroup:
     def worker(
         self, settings: Settings, agent_type: str, *extra: str, **env: str
     ) -> subprocess.Popen[bytes]:
-        return self.start(["-m", "workers", "--type", agent_type, *extra], settings,
-                          f"worker-{agent_type}", **env)  # fmt: skip
+        return self.start(
+            ["-m", "workers", "--type", agent_type, *extra], settings, f"worker-{agent_type}", **env
+        )
 
     def logs(self) -> str:
         out = []
         for path in sorted(self.log_dir.glob("*.log")):
             out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(out)
+
+    def adopt_run_dir(self, path: Path) -> None:
+        """Also stop, at teardown, what a healer recorded in this run dir (it may be killed)."""
+        self.run_dirs.append(path)
+
+    def _stop_recorded(self) -> None:
+        for folder in self.run_dirs:
+            for pidfile in folder.glob("*.json"):
+                with contextlib.suppress(psutil.Error, ValueError, KeyError, OSError):
+                    info = json.loads(pidfile.read_text())
+                    proc = psutil.Process(int(info["pid"]))
+                    if abs(proc.create_time() - float(info["create_time"])) < 0.01:
+                        proc.send_signal(signal.SIGCONT)
+                        proc.kill()
+                        proc.wait(5)
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -66,3 +90,4 @@ class ProcessGroup:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        self._stop_recorded()

@@ -65,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             await ensure_streams(js, settings)
             await ensure_consumer(js, settings, agent_type)
             worker = Worker(
-                settings, agent_type, handler, concurrency=args.concurrency,
-                worker_id=args.worker_id, slot=args.slot,
-            )  # fmt: skip
+                settings,
+                agent_type,
+                handler,
+                concurrency=args.concurrency,
+                worker_id=args.worker_id,
+                slot=args.slot,
+            )
             log.info("worker %s serving %s with handler %s", worker.worker_id, agent_type, spec)
             await worker.run(nc, redis, stop)
             return EXIT_OK

@@ -26,7 +26,16 @@ from nats.js import JetStreamContext
 from foundry import codec
 from foundry.errors import CacheUnavailable, MalformedTask
 from foundry.histogram import BucketCounts
-from foundry.messages import COMPLETED, FAILED, FINAL_STATUSES, RUNNING, Heartbeat, Task, parse_task
+from foundry.messages import (
+    COMPLETED,
+    FAILED,
+    FINAL_STATUSES,
+    RUNNING,
+    Heartbeat,
+    Task,
+    parse_task,
+    task_id_from,
+)
 from foundry.runtime import spawn
 from foundry.settings import Settings
 from foundry.store import TaskStore
@@ -47,8 +56,18 @@ class InFlight:
     started: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "stream_seq": self.stream_seq, "reply": self.reply,
-                "delivery": self.delivery, "started_at": self.started}  # fmt: skip
+        return {
+            "task_id": self.task_id,
+            "stream_seq": self.stream_seq,
+            "reply": self.reply,
+            "delivery": self.delivery,
+            "started_at": self.started,
+        }
+
+
+def _peek_task_id(msg: Msg, seq: int) -> str:
+    """The task id as far as it is known before parsing (header, else the sequence id)."""
+    return task_id_from(msg.headers, None, seq)
 
 
 class Worker:
@@ -85,6 +104,7 @@ class Worker:
         self._cache_ok = asyncio.Event()
         self._cache_ok.set()
         self._draining = asyncio.Event()
+        self._beat: HeartbeatSender | None = None
         self.nc: NATS
         self.js: JetStreamContext
         self.redis: aioredis.Redis
@@ -97,9 +117,12 @@ class Worker:
         self.js = nc.jetstream()
         self.store = TaskStore(redis, self.names, self.settings.result_ttl)
         beat = HeartbeatSender(
-            nc, self.names.heartbeat(self.agent_type, self.worker_id),
-            self.settings.heartbeat_interval, self.snapshot,
-        )  # fmt: skip
+            nc,
+            self.names.heartbeat(self.agent_type, self.worker_id),
+            self.settings.heartbeat_interval,
+            self.snapshot,
+        )
+        self._beat = beat
         beat_task = spawn(beat.run(), self._tasks)
         psub = await self.js.pull_subscribe_bind(
             durable=self.names.consumer(self.agent_type), stream=self.names.tasks_stream
@@ -166,19 +189,31 @@ class Worker:
                 log.warning("fetch failed (%r); retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                if self._draining.is_set():
+            if self._draining.is_set():
+                for msg in msgs:
                     await self._safe(msg.nak())  # let a live worker have it now
-                    continue
-                self._start(msg)
+                continue
+            entries = [self._register(msg) for msg in msgs]
+            await self._announce()
+            for msg, entry in zip(msgs, entries, strict=True):
+                task = spawn(self._handle(msg, entry), self._tasks)
+                task.set_name(f"task:{entry.stream_seq}")
 
-    def _start(self, msg: Msg) -> None:
+    def _register(self, msg: Msg) -> InFlight:
         meta = msg.metadata
         seq = meta.sequence.stream
-        entry = InFlight("", seq, msg.reply, meta.num_delivered, time.time())
+        entry = InFlight(_peek_task_id(msg, seq), seq, msg.reply, meta.num_delivered, time.time())
         self.inflight[seq] = entry
-        task = spawn(self._handle(msg, entry), self._tasks)
-        task.set_name(f"task:{seq}")
+        return entry
+
+    async def _announce(self) -> None:
+        """Beat at once, flushed, before new tasks run: if a task kills this process the
+        healer still knows what it held, and can redeliver it at once or dead-letter it."""
+        if self._beat is None:
+            return
+        await self._beat.send_once()
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=1)
 
     # ---- one message -----------------------------------------------------------------
     async def _handle(self, msg: Msg, entry: InFlight) -> None:
@@ -198,9 +233,12 @@ class Worker:
         stored_at = meta.timestamp.timestamp()
         try:
             task = parse_task(
-                msg.data, msg.headers, self.agent_type, entry.stream_seq,
+                msg.data,
+                msg.headers,
+                self.agent_type,
+                entry.stream_seq,
                 self.settings.max_task_bytes,
-            )  # fmt: skip
+            )
         except MalformedTask as exc:
             entry.task_id = exc.task_id  # type: ignore[attr-defined]
             await self._finish(msg, entry, FAILED, None, f"malformed task: {exc}", 0.0)
@@ -209,10 +247,13 @@ class Worker:
         claim = await self._cache(
             msg,
             lambda: self.store.claim(
-                task.task_id, self.agent_type, entry.delivery, self.worker_id,
+                task.task_id,
+                self.agent_type,
+                entry.delivery,
+                self.worker_id,
                 task.submitted_at or stored_at,
             ),
-        )  # fmt: skip
+        )
         if claim is None:
             return
         if claim in FINAL_STATUSES:  # a duplicate delivery of a finished task
@@ -238,10 +279,14 @@ class Worker:
             await self._safe(msg.in_progress())
 
         ctx = TaskContext(
-            task_id=task.task_id, agent_type=self.agent_type, description=task.description,
-            input=task.input, attempt=entry.delivery, worker_id=self.worker_id,
+            task_id=task.task_id,
+            agent_type=self.agent_type,
+            description=task.description,
+            input=task.input,
+            attempt=entry.delivery,
+            worker_id=self.worker_id,
             _progress=progress,
-        )  # fmt: skip
+        )
         lease = spawn(self._keep_lease(msg), self._tasks)
         started = time.monotonic()
         try:
@@ -291,8 +336,13 @@ class Worker:
                 self.processed += 1
             else:
                 self.failed += 1
-            await self._event(status, entry.task_id, attempt=entry.delivery, error=error,
-                        duration_seconds=round(took, 6))  # fmt: skip
+            await self._event(
+                status,
+                entry.task_id,
+                attempt=entry.delivery,
+                error=error,
+                duration_seconds=round(took, 6),
+            )
         await self._safe(msg.ack())
 
     # ---- helpers ---------------------------------------------------------------------
@@ -309,8 +359,9 @@ class Worker:
             except CacheUnavailable as exc:
                 self._cache_ok.clear()
                 if time.monotonic() + delay > deadline:
-                    log.warning("Redis still down after %.0fs; nak: %s",
-                                self.settings.cache_wait, exc)  # fmt: skip
+                    log.warning(
+                        "Redis still down after %.0fs; nak: %s", self.settings.cache_wait, exc
+                    )
                     await self._safe(msg.nak(delay=self.settings.retry_delay))
                     return None
                 log.debug("Redis down, holding the task: %s", exc)
@@ -325,11 +376,17 @@ class Worker:
             await self._safe(msg.in_progress())
 
     async def _event(self, status: str, task_id: str, **fields: Any) -> None:
-        body = codec.dumps({
-            "kind": f"task.{status}", "at": time.time(), "task_id": task_id,
-            "agent_type": self.agent_type, "status": status, "worker_id": self.worker_id,
-            **fields,
-        })  # fmt: skip
+        body = codec.dumps(
+            {
+                "kind": f"task.{status}",
+                "at": time.time(),
+                "task_id": task_id,
+                "agent_type": self.agent_type,
+                "status": status,
+                "worker_id": self.worker_id,
+                **fields,
+            }
+        )
         await self._safe(self.nc.publish(self.names.task_event(status, self.agent_type), body))
 
     @staticmethod

@@ -1,0 +1,86 @@
+"""Building the slots the healer supervises from the settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from foundry.errors import ConfigError
+from foundry.servers import nats_command, redis_command
+from foundry.settings import Settings
+from healer.slots import SERVER, SERVICE, WORKER, Slot
+
+SERVICES = ("gateway", "monitor")
+EMBEDDABLE = ("nats", "redis")
+
+
+def _port(url: str, default: int) -> int:
+    return urlsplit(url).port or default
+
+
+def _local(url: str, var: str) -> None:
+    host = urlsplit(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"{var}: an embedded server listens on loopback only, not {host!r}")
+
+
+def build_slots(settings: Settings, services: list[str], embedded: list[str]) -> list[Slot]:
+    """Servers first, then services, then one worker slot per (type, index)."""
+    env = settings.to_env()
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    slots: list[Slot] = []
+
+    def add(
+        name: str,
+        kind: str,
+        command: list[str],
+        agent_type: str | None = None,
+        index: int | None = None,
+    ) -> None:
+        log_path = logs / f"{name}.log"
+        slots.append(Slot(name, kind, command, agent_type, index, env, log_path))
+
+    for server in embedded:
+        if server not in EMBEDDABLE:
+            raise ConfigError(f"--embedded: unknown server {server!r} (choose from nats, redis)")
+        root = settings.data_dir / server
+        root.mkdir(parents=True, exist_ok=True)
+        if server == "nats":
+            _local(settings.nats_url, "FOUNDRY_NATS_URL")
+            store = root / "jetstream"
+            store.mkdir(exist_ok=True)
+            add("nats-server", SERVER, nats_command(_port(settings.nats_url, 4222), store))
+        else:
+            _local(settings.redis_url, "FOUNDRY_REDIS_URL")
+            add("redis-server", SERVER, redis_command(_port(settings.redis_url, 6379), root))
+    for service in services:
+        if service not in SERVICES:
+            raise ConfigError(
+                f"--services: unknown service {service!r} (choose from gateway, monitor)"
+            )
+        if importlib.util.find_spec(service) is None:
+            raise ConfigError(f"--services: package {service!r} is not installed")
+        add(service, SERVICE, [sys.executable, "-m", service])
+    for agent_type, count in settings.fleet.items():
+        for index in range(count):
+            name = f"{agent_type}-{index}"
+            command = [
+                sys.executable,
+                "-m",
+                "workers",
+                "--type",
+                agent_type,
+                "--worker-id",
+                name,
+                "--slot",
+                str(index),
+            ]
+            add(name, WORKER, command, agent_type=agent_type, index=index)
+    return slots
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.data_dir / "run"

@@ -1,0 +1,285 @@
+"""Process supervision: launch slots, see exits at once, relaunch with backoff, quarantine.
+
+Each child's exit is awaited by its own task (no polling interval). Children
+are recorded in pid files under ``<data_dir>/run`` so a healer that restarts
+replaces what an earlier healer left running instead of duplicating a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from foundry import codec
+from foundry.runtime import spawn
+from healer.slots import (
+    BACKOFF,
+    QUARANTINED,
+    RUNNING,
+    SERVER,
+    SERVICE,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    WORKER,
+    Death,
+    RestartPolicy,
+    Slot,
+)
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[..., Awaitable[None]]
+DeathHook = Callable[[Slot, Death, str], Awaitable[None]]
+LOG_TAIL_BYTES = 2000
+
+
+def log_tail(path: Path | None, limit: int = LOG_TAIL_BYTES) -> str:
+    if path is None or not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - limit))
+        return fh.read().decode("utf-8", "replace").strip()
+
+
+class Supervisor:
+    """Owns the child processes of every slot."""
+
+    def __init__(self, run_dir: Path, policy: RestartPolicy, emit: Emit, kill_grace: float) -> None:
+        self.run_dir = run_dir
+        self.policy = policy
+        self.emit = emit
+        self.kill_grace = kill_grace
+        self.slots: dict[str, Slot] = {}
+        self.on_death: DeathHook | None = None
+        self.on_launch: Callable[[Slot], None] | None = None
+        self.shutting_down = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def add(self, slot: Slot) -> Slot:
+        self.slots[slot.name] = slot
+        return slot
+
+    def by_kind(self, kind: str) -> list[Slot]:
+        return [s for s in self.slots.values() if s.kind == kind]
+
+    # ---- pid files -------------------------------------------------------------------
+    def _pidfile(self, slot: Slot) -> Path:
+        return self.run_dir / f"{slot.name}.json"
+
+    def replace_leftovers(self) -> list[int]:
+        """Stop processes an earlier healer left running for our slots (verified by start time)."""
+        stopped = []
+        for slot in self.slots.values():
+            path = self._pidfile(slot)
+            if not path.exists():
+                continue
+            try:
+                info = codec.loads(path.read_bytes())
+                proc = psutil.Process(int(info["pid"]))
+                if abs(proc.create_time() - float(info["create_time"])) < 0.01:
+                    log.warning(
+                        "replacing %s left by an earlier healer (pid %d)", slot.name, proc.pid
+                    )
+                    proc.terminate()
+                    try:
+                        proc.wait(self.kill_grace + 5)
+                    except psutil.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(5)
+                    stopped.append(proc.pid)
+            except (psutil.Error, ValueError, KeyError, OSError):
+                pass
+            path.unlink(missing_ok=True)
+        return stopped
+
+    # ---- launching -------------------------------------------------------------------
+    async def launch(self, slot: Slot, reason: str = "start", **fields: Any) -> None:
+        if self.shutting_down or slot.state in (STARTING, RUNNING, STOPPING):
+            return  # never two copies of one slot
+        slot.relaunch_handle = None
+        old_pid = slot.pid
+        env = {**os.environ, **slot.env}
+        log_file = open(slot.log_path, "ab") if slot.log_path else None  # noqa: ASYNC230
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *slot.command,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file or asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            slot.last_error = f"cannot start {slot.command[0]}: {exc}"
+            log.error("%s: %s", slot.name, slot.last_error)
+            await self._died(slot, Death(time.monotonic(), None, None, 0.0), "spawn-error")
+            return
+        finally:
+            if log_file:
+                log_file.close()
+        slot.proc, slot.pid = proc, proc.pid
+        slot.launched_at = time.monotonic()
+        slot.launches += 1
+        slot.state = STARTING if slot.kind == WORKER else RUNNING
+        slot.pending_reason = None
+        with contextlib.suppress(psutil.Error, OSError):
+            created = psutil.Process(proc.pid).create_time()
+            self._pidfile(slot).write_bytes(codec.dumps({"pid": proc.pid, "create_time": created}))
+        slot.waiter = spawn(self._wait(slot, proc), self._tasks)
+        if self.on_launch:
+            self.on_launch(slot)
+        log.info("%s launched (pid %d, %s)", slot.name, proc.pid, reason)
+        if reason != "start":
+            await self.emit(
+                "relaunch", slot=slot, reason=reason, old_pid=old_pid, new_pid=proc.pid, **fields
+            )
+
+    async def _wait(self, slot: Slot, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if slot.proc is not proc:
+            return
+        ran = slot.ran_for()
+        sig = -code if code < 0 else None
+        self._pidfile(slot).unlink(missing_ok=True)
+        death = Death(time.monotonic(), code if code >= 0 else None, sig, ran)
+        if slot.state == STOPPING and (self.shutting_down or slot.pending_reason == "stop"):
+            slot.state = STOPPED
+            return
+        reason = slot.pending_reason or "exit"
+        await self._died(slot, death, reason)
+
+    async def _died(self, slot: Slot, death: Death, reason: str) -> None:
+        slot.state = BACKOFF
+        if reason == "exit" or reason == "spawn-error":
+            tail = log_tail(slot.log_path)
+            if tail and death.ran_for < self.policy.stable_after:
+                slot.last_error = tail.splitlines()[-1][:500]
+        log.warning(
+            "%s died (%s, code=%s signal=%s after %.2fs)",
+            slot.name,
+            reason,
+            death.exit_code,
+            death.signal,
+            death.ran_for,
+        )
+        if self.on_death is not None:
+            await self.on_death(slot, death, reason)  # nak in-flight, poison bookkeeping
+        if death.excused:
+            slot.consecutive = 0
+        else:
+            if death.ran_for >= self.policy.stable_after:
+                slot.consecutive = 0
+            slot.consecutive += 1
+            slot.deaths.append(death)
+        if self.shutting_down:
+            slot.state = STOPPED
+            return
+        now = time.monotonic()
+        if slot.kind == WORKER and self.policy.should_quarantine(slot.deaths, now):
+            slot.state = QUARANTINED
+            counted = len(self.policy.counted(slot.deaths, now))
+            slot.quarantine_reason = (
+                f"{counted} deaths within {self.policy.window:g}s (FOUNDRY_MAX_RESTARTS="
+                f"{self.policy.max_restarts}); last: {_describe(death)}"
+            )
+            await self.emit(
+                "quarantine",
+                slot=slot,
+                reason=slot.quarantine_reason,
+                restarts=counted,
+                last_error=slot.last_error,
+                exit_code=death.exit_code,
+                signal=death.signal,
+            )
+            return
+        delay = self.policy.delay(slot.consecutive)
+        fields = {
+            "exit_code": death.exit_code,
+            "signal": death.signal,
+            "backoff_seconds": delay,
+            "ran_seconds": round(death.ran_for, 3),
+            "died_at": time.time(),
+        }
+        self._schedule(slot, delay, reason, fields)
+
+    def _schedule(self, slot: Slot, delay: float, reason: str, fields: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            spawn(self.launch(slot, reason, **fields), self._tasks)
+
+        slot.relaunch_handle = loop.call_later(delay, fire) if delay > 0 else None
+        if delay <= 0:
+            fire()
+
+    # ---- stopping --------------------------------------------------------------------
+    async def terminate(self, slot: Slot, reason: str, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace``; the exit handler decides what follows."""
+        proc = slot.proc
+        if proc is None or proc.returncode is not None:
+            return
+        slot.pending_reason = reason
+        slot.state = STOPPING
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # also ends a SIGSTOPped process
+            await proc.wait()
+        if slot.waiter is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(slot.waiter), 5)
+
+    async def release(self, slot: Slot) -> bool:
+        if slot.state != QUARANTINED:
+            return False
+        slot.deaths.clear()
+        slot.consecutive = 0
+        slot.quarantine_reason = None
+        slot.state = STOPPED
+        await self.emit("release", slot=slot, reason="operator release")
+        await self.launch(slot, "release")
+        return True
+
+    async def relaunch_waiting(self) -> list[Slot]:
+        """Relaunch every slot that is waiting out a backoff, now."""
+        out = []
+        for slot in self.slots.values():
+            if slot.state == BACKOFF and slot.relaunch_handle is not None:
+                slot.relaunch_handle.cancel()
+                slot.state = STOPPED
+                await self.launch(slot, "manual")
+                out.append(slot)
+        return out
+
+    async def shutdown(self, worker_grace: float) -> None:
+        """Workers first (they drain), then services, then embedded servers."""
+        self.shutting_down = True
+        for slot in self.slots.values():
+            if slot.relaunch_handle is not None:
+                slot.relaunch_handle.cancel()
+        for kind, grace in ((WORKER, worker_grace), (SERVICE, 10.0), (SERVER, 10.0)):
+            await asyncio.gather(*(self.terminate(s, "stop", grace) for s in self.by_kind(kind)))
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _describe(death: Death) -> str:
+    if death.signal:
+        return f"killed by signal {signal.Signals(death.signal).name} after {death.ran_for:.2f}s"
+    return f"exit code {death.exit_code} after {death.ran_for:.2f}s"

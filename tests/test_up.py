@@ -1,0 +1,117 @@
+"""`foundry up` end to end: embedded servers, supervised gateway and fleet, one Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import nats
+import psutil
+
+from foundry.servers import free_port, port_open
+from tests.procs import ROOT
+
+
+def _get(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+async def test_foundry_up_end_to_end(tmp_path: Path) -> None:
+    # Given free ports and an empty data dir (nothing is running there)
+    ports = {k: free_port() for k in ("nats", "redis", "gateway", "healer", "monitor")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
+    env.update(
+        {
+            "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
+            "FOUNDRY_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
+            "FOUNDRY_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+            "FOUNDRY_GATEWAY_PORT": str(ports["gateway"]),
+            "FOUNDRY_HEALER_PORT": str(ports["healer"]),
+            "FOUNDRY_MONITOR_PORT": str(ports["monitor"]),
+            "FOUNDRY_FLEET": "coder=1,critic=1",
+            "FOUNDRY_HANDLERS": "coder=echo,critic=echo",
+        }
+    )
+    log = open(tmp_path / "up.log", "wb")  # noqa: ASYNC230
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "foundry.cli", "up"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{ports['gateway']}"
+    children: list[psutil.Process] = []
+    try:
+        # When it is up
+        for _ in range(600):
+            if b"cluster up" in (tmp_path / "up.log").read_bytes():
+                break
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError((tmp_path / "up.log").read_text())
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 5  # healer, nats, redis, gateway, 2 workers
+        for _ in range(100):
+            live = await asyncio.to_thread(_get, f"{base}/api/cluster/agents/live")
+            if live["count"] == 2 and all(a["status"] == "healthy" for a in live["agents"]):
+                break
+            await asyncio.sleep(0.1)
+        # Then a task submitted over HTTP completes
+        out = await asyncio.to_thread(
+            _get,
+            f"{base}/api/cluster/task/submit",
+            {"agent_type": "coder", "description": "via http"},
+        )
+        rec = await asyncio.to_thread(_get, f"{base}/api/cluster/task/{out['task_id']}?wait=20")
+        assert rec["status"] == "completed"
+        # and so does one sent with a core NATS publish (what `nats pub` does)
+        nc = await nats.connect(f"nats://127.0.0.1:{ports['nats']}")
+        await nc.publish("agents.tasks.critic", b"via nats", headers={"Nats-Msg-Id": "up-nats-1"})
+        await nc.flush()
+        await nc.close()
+        rec = await asyncio.to_thread(_get, f"{base}/api/cluster/task/up-nats-1?wait=20")
+        assert rec["status"] == "completed" and rec["result"]["description"] == "via nats"
+        # and a killed gateway comes back
+        gateway = next(c for c in children if c.cmdline()[-2:] == ["-m", "gateway"])
+        gateway.kill()
+        for _ in range(200):
+            try:
+                await asyncio.to_thread(_get, f"{base}/health")
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("gateway did not come back")
+        # When Ctrl-C is pressed
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 60) == 0, (tmp_path / "up.log").read_text()
+        # Then no process is left behind and the ports are closed
+        for child in children:
+            assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        for name in ("nats", "redis", "gateway"):
+            assert not port_open("127.0.0.1", ports[name])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # forwarded: the healer stops its children
+            try:
+                await asyncio.to_thread(proc.wait, 60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for child in children:  # only still running when the test failed midway
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        log.close()
