@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: up test lint bench install clean
+.PHONY: up test lint bench install clean prometheus-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -22,7 +22,20 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/foundry up
 
-test: $(STAMP)
+# The observability tests run a real Prometheus (prometheus + promtool). Where they
+# are missing and we are root with apt-get, install Debian's package once, quietly;
+# otherwise those tests skip saying what is missing (in CI, CI=true, they fail).
+prometheus-tools:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus (Debian package) for the observability tests"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        --no-install-recommends prometheus; } >/dev/null 2>&1 \
+	      || echo "could not install prometheus: the observability tests will skip"; \
+	  fi; \
+	fi
+
+test: $(STAMP) prometheus-tools
 	$(PY) -m pytest
 
 lint: $(STAMP)
