@@ -56,7 +56,10 @@ async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
     delay = 0.1
     while True:
         try:
-            return await nats.connect(**options)
+            # With max_reconnect_attempts=-1, nats.connect() itself retries a refused first
+            # connection forever: bound it by what is left of the deadline.
+            remaining = max(0.5, deadline - time.monotonic())
+            return await asyncio.wait_for(nats.connect(**options), remaining)
         except Exception as exc:
             if time.monotonic() + delay > deadline:
                 raise BrokerUnavailable(
