@@ -1,0 +1,147 @@
+"""End to end: a healer-run cluster, a real Prometheus scraping it with monitor/prometheus.yml
+(ports rewritten), traffic with failures, a dead letter and a kill -9; then every dashboard
+panel's PromQL returns data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import ClientSession
+
+from foundry.connect import connect_nats
+from foundry.servers import free_port, nats_server
+from foundry.settings import Settings
+from tests import dashboards
+from tests.cluster import slots, start_healer, wait_running, watch
+from tests.conftest import eventually
+from tests.procs import ProcessGroup
+from tests.prom import Prometheus, config_for_test, require
+
+FOUNDRY_JOBS = {"foundry-gateway", "foundry-monitor", "foundry-healer"}
+
+
+class Http:
+    def __init__(self, session: ClientSession, settings: Settings) -> None:
+        self.session = session
+        self.base = f"http://127.0.0.1:{settings.gateway_port}"
+
+    async def ok(self, url: str) -> bool:
+        try:
+            async with self.session.get(url) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    async def submit(self, agent_type: str, task_id: str) -> None:
+        body = {"agent_type": agent_type, "description": "observed", "task_id": task_id}
+        async with self.session.post(f"{self.base}/api/cluster/task/submit", json=body) as r:
+            assert r.status == 202, await r.text()
+
+    async def final(self, task_id: str) -> dict[str, Any]:
+        async with self.session.get(f"{self.base}/api/cluster/task/{task_id}?wait=30") as r:
+            assert r.status == 200, await r.text()
+            out: dict[str, Any] = await r.json()
+            return out
+
+
+async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
+    make_settings: Callable[..., Settings], procs: ProcessGroup, tmp_path: Path
+) -> None:
+    require("prometheus")
+    # Given nats-server with its monitoring port, and a healer running gateway, monitor and
+    # a fleet where critic tasks fail and deployer tasks exhaust their deliveries
+    nats_port, nats_http = free_port(), free_port()
+    nats = nats_server(nats_port, tmp_path / "nats", http_port=nats_http).start()
+    settings = make_settings(
+        nats_url=f"nats://127.0.0.1:{nats_port}",
+        nats_monitor_url=f"http://127.0.0.1:{nats_http}",
+        fleet={"coder": 2, "critic": 1, "deployer": 1},
+        handlers={"critic": "tests.handlers:fail", "deployer": "tests.handlers:retry_always"},
+        max_deliver=2, host_interval=0.5, watch_paths=(tmp_path,),
+        gateway_port=free_port(), healer_port=free_port(), monitor_port=free_port(),
+    )  # fmt: skip
+    prom = Prometheus(config_for_test(settings, prom_port=free_port()), tmp_path / "prometheus")
+    nc = await connect_nats(settings, "test")
+    session = ClientSession()
+    try:
+        start_healer(procs, settings, "--services", "gateway,monitor")
+        await wait_running(nc, settings, timeout=45)
+        http = Http(session, settings)
+        await eventually(lambda: http.ok(f"{http.base}/health"), 30, interval=0.2)
+        monitor = f"http://127.0.0.1:{settings.monitor_port}/health"
+        await eventually(lambda: http.ok(monitor), 30, interval=0.2)
+        # and Prometheus scraping them every second with monitor/prometheus.yml
+        await asyncio.to_thread(prom.start)
+        await eventually(lambda: _targets_up(prom), 30, interval=0.5)
+
+        # When tasks complete, fail and die, an unknown route is asked for, and a worker
+        # is killed with SIGKILL
+        async with watch(nc, settings) as events:
+            ids = [(t, f"{t}-{i}") for t, n in (("coder", 6), ("critic", 2), ("deployer", 1))
+                   for i in range(n)]  # fmt: skip
+            for agent_type, task_id in ids:
+                await http.submit(agent_type, task_id)
+            finals = {tid: (await http.final(tid))["status"] for _, tid in ids}
+            assert finals["coder-0"] == "completed" and finals["critic-0"] == "failed", finals
+            assert finals["deployer-0"] == "dead", (finals, procs.logs())
+            await http.ok(f"{http.base}/no/such/route")
+            victim = (await slots(nc, settings))["coder-0"]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            await eventually(lambda: events.of("relaunch", slot="coder-0"), 30)
+        await wait_running(nc, settings, timeout=30)
+
+        # Then what happened is in Prometheus ...
+        checks = {
+            'sum(foundry_tasks_completed_total{agent_type="coder"}) >= 6': "completed",
+            'sum(foundry_tasks_failed_total{agent_type="critic"}) >= 2': "failed",
+            'sum(foundry_dead_letters{agent_type="deployer"}) >= 1': "dead letter",
+            'sum(increase(foundry_relaunches_total{agent_type="coder",reason="exit"}[1m])) > 0':
+                "relaunch",
+            'sum(foundry_gateway_request_duration_seconds_count{route="unmatched"}) >= 1': "404",
+        }  # fmt: skip
+        for expr, what in checks.items():
+            await eventually(lambda e=expr: prom.query(e), 30, interval=0.5)  # type: ignore[misc]
+            assert prom.query(expr), what
+        # ... and every panel of every dashboard, every template variable and every
+        # annotation query returns at least one series
+        counts = _panel_counts(prom)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not all(counts.values()) and loop.time() < deadline:
+            await asyncio.sleep(1.0)
+            counts = _panel_counts(prom)
+        empty = [key for key, n in counts.items() if not n]
+        assert not empty, f"queries without data: {empty}"
+    finally:
+        await session.close()
+        await nc.close()
+        prom.stop()
+        procs.stop_all()
+        nats.stop()
+    width = max(len(k) for k in counts)
+    print("\nseries per panel query (dashboard / panel / refId):")
+    for key, n in counts.items():
+        print(f"  {key:<{width}}  {n}")
+
+
+def _targets_up(prom: Prometheus) -> bool:
+    health = {t["labels"]["job"]: t["health"] for t in prom.targets()}
+    return all(health.get(job) == "up" for job in FOUNDRY_JOBS)
+
+
+def _panel_counts(prom: Prometheus) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, board in dashboards.load().items():
+        for panel, target in dashboards.panel_queries(board):
+            key = f"{name} / {panel['title']} / {target['refId']}"
+            counts[key] = len(prom.query(dashboards.concrete(target["expr"])))
+        for metric in dashboards.variable_metrics(board):
+            counts[f"{name} / variable {metric}"] = len(prom.query(metric))
+        for note in board["annotations"]["list"]:
+            counts[f"{name} / annotation {note['name']}"] = len(prom.query(note["expr"]))
+    return counts
