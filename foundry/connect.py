@@ -14,8 +14,10 @@ from typing import Any
 import nats
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from foundry.errors import BrokerUnavailable, CacheUnavailable
 from foundry.settings import Settings, redact_url
@@ -80,7 +82,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         socket_timeout=3.0,
         health_check_interval=5,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        retry_on_error=[ConnectionError, TimeoutError],
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
 

@@ -112,6 +112,28 @@ def _bool(text: str) -> bool:
     raise ValueError("expected 1/0, true/false, yes/no")
 
 
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 100:
+        raise ValueError("must be a percentage in (0, 100]")
+    return value
+
+
+def _paths(text: str) -> tuple[Path, ...]:
+    return tuple(Path(p.strip()) for p in text.split(",") if p.strip())
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G/T suffix (binary units); 0 means off."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not match:
+        raise ValueError("expected a size like 512M, 2G or a number of bytes")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
 def _namespace(text: str) -> str:
     if text and not _NAMESPACE_RE.fullmatch(text):
         raise ValueError("lowercase letters, digits, '_' or '-', starting with a letter")
@@ -183,7 +205,22 @@ class Settings:
     connect_timeout: float = _opt("FOUNDRY_CONNECT_TIMEOUT", _positive(float), 30.0)
     handlers: dict[str, str] = _opt("FOUNDRY_HANDLERS", lambda t: parse_bindings(t), None)
     cache_wait: float = _opt("FOUNDRY_CACHE_WAIT", _positive(float), 60.0)
-    embedded: bool = _opt("FOUNDRY_EMBEDDED", _bool, False)
+    # host remediation (the healer acts on the monitor's samples; see README)
+    host_interval: float = _opt("FOUNDRY_HOST_INTERVAL", _positive(float, 0.05), 5.0)
+    disk_threshold: float = _opt("FOUNDRY_DISK_THRESHOLD", _percent, 90.0)
+    memory_threshold: float = _opt("FOUNDRY_MEMORY_THRESHOLD", _percent, 85.0)
+    cpu_threshold: float = _opt("FOUNDRY_CPU_THRESHOLD", _percent, 90.0)
+    cpu_samples: int = _opt("FOUNDRY_CPU_SAMPLES", _positive(int), 3)
+    clean_paths: tuple[Path, ...] = _opt("FOUNDRY_CLEAN_PATHS", _paths, None)
+    clean_min_age: float = _opt(
+        "FOUNDRY_CLEAN_MIN_AGE", _positive(float, 0.0, strict=False), 86400.0
+    )
+    worker_max_rss: int = _opt("FOUNDRY_WORKER_MAX_RSS", _size, 0)
+    remediation_cooldown: float = _opt(
+        "FOUNDRY_REMEDIATION_COOLDOWN", _positive(float, 0.0, strict=False), 60.0
+    )
+    remediation_dry_run: bool = _opt("FOUNDRY_REMEDIATION_DRY_RUN", _bool, False)
+    probe_failures: int = _opt("FOUNDRY_PROBE_FAILURES", _positive(int), 3)
     log_level: str = _opt("FOUNDRY_LOG_LEVEL", str.upper, "INFO")
     monitor_host: str = _opt("FOUNDRY_MONITOR_HOST", str, "127.0.0.1")
     host_interval: float = _opt("FOUNDRY_HOST_INTERVAL", _positive(float, 0.05), 5.0)
@@ -199,6 +236,8 @@ class Settings:
             object.__setattr__(self, "fleet", parse_fleet(DEFAULT_FLEET))
         if self.handlers is None:
             object.__setattr__(self, "handlers", {})
+        if self.clean_paths is None:
+            object.__setattr__(self, "clean_paths", (self.data_dir / "logs",))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -226,6 +265,8 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, dict):
                 text = ",".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, tuple):
+                text = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
                 text = "1" if value else "0"
             elif isinstance(value, tuple):

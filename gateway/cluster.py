@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.heal import healer_slots
+from gateway.heal import healer_status
 from gateway.keys import JS, NC, REDIS, SETTINGS, VIEW
 
 PROBE_TIMEOUT = 1.0
@@ -83,12 +83,13 @@ async def _queues(request: web.Request) -> dict[str, dict[str, int]]:
     return out
 
 
-async def _workers(request: web.Request) -> tuple[list[dict[str, Any]], bool]:
+async def _workers(request: web.Request) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Heartbeat rows merged with the healer's slots (quarantined, backing off, starting)."""
     rows = request.app[VIEW].live_workers()
-    slots = await healer_slots(request)
-    if slots is None:
-        return rows, False
+    healer = await healer_status(request)
+    if healer is None:
+        return rows, None
+    slots = {s["slot"]: s for s in healer.get("slots", [])}
     seen = set()
     for row in rows:
         slot = slots.get(row["worker_id"])
@@ -122,7 +123,7 @@ async def _workers(request: web.Request) -> tuple[list[dict[str, Any]], bool]:
             }
         )
     rows.sort(key=lambda r: r["worker_id"])
-    return rows, True
+    return rows, healer
 
 
 async def status(request: web.Request) -> web.Response:
@@ -146,10 +147,27 @@ async def status(request: web.Request) -> web.Response:
             "agent_types": by_type,
             "queues": await _queues(request),
             "healer": "running" if healer else "not running",
+            "host": _host_summary((healer or {}).get("host")),
+            "remediation": (healer or {}).get("remediation"),
             "nats": "connected" if request.app[NC].is_connected else "unreachable",
             "redis": "connected" if await _redis_ok(request) else "unreachable",
         }
     )
+
+
+def _host_summary(sample: dict[str, Any] | None) -> dict[str, Any] | None:
+    """CPU, memory and the fullest watched disk, as the seed's dashboard showed them."""
+    if not sample:
+        return None
+    disks = sample.get("disks") or []
+    return {
+        "host": sample.get("host"),
+        "at": sample.get("at"),
+        "cpu_percent": sample.get("cpu_percent"),
+        "memory_percent": sample.get("memory_percent"),
+        "disk_percent": max((d.get("percent", 0.0) for d in disks), default=None),
+        "disks": disks,
+    }
 
 
 async def agents_live(request: web.Request) -> web.Response:

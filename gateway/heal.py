@@ -39,15 +39,17 @@ async def control(request: web.Request, verb: str, body: dict[str, Any] | None =
     return codec.loads(reply.data)
 
 
-async def healer_slots(request: web.Request) -> dict[str, dict[str, Any]] | None:
-    """Slot states from the healer, or None when no healer answers quickly."""
+async def healer_status(request: web.Request) -> dict[str, Any] | None:
+    """The healer's status reply (slots, remediation, latest host sample), or None when no
+    healer answers quickly."""
     nc = request.app[NC]
     if not nc.is_connected:
         return None
     subject = request.app[SETTINGS].names.control("status")
     try:
         reply = await nc.request(subject, b"{}", timeout=0.5)
-        return {s["slot"]: s for s in codec.loads(reply.data).get("slots", [])}
+        body = codec.loads(reply.data)
+        return body if isinstance(body, dict) else None
     except Exception:
         return None
 

@@ -27,7 +27,7 @@ class Emitter:
         self.nc: NATS | None = None
         self.counts: dict[tuple[str, str], int] = {}
 
-    async def __call__(self, action: str, slot: Slot | None = None, **fields: Any) -> None:
+    async def __call__(self, action: str, /, slot: Slot | None = None, **fields: Any) -> None:
         body: dict[str, Any] = {"kind": f"heal.{action}", "at": time.time(), "host": self.host}
         if slot is not None:
             body.update(

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
+from foundry import codec
 from foundry.connect import connect_nats, connect_redis
 from foundry.provision import provision
 from foundry.servers import port_open
@@ -24,7 +27,18 @@ from healer.events import Emitter
 from healer.fleet import build_slots, run_dir
 from healer.liveness import Liveness
 from healer.metrics import HealerMetrics
-from healer.slots import QUARANTINED, SERVER, STOPPED, WORKER, Death, RestartPolicy, Slot
+from healer.remediation import HostView, Remediator, default_policies
+from healer.remediation.disk import check_clean_paths
+from healer.slots import (
+    QUARANTINED,
+    RUNNING,
+    SERVER,
+    STOPPED,
+    WORKER,
+    Death,
+    RestartPolicy,
+    Slot,
+)
 from healer.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -59,6 +73,14 @@ class HealerService:
         self.deadletters: DeadLetters | None = None
         self.http_port: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        check_clean_paths(settings)  # refuse dangerous FOUNDRY_CLEAN_PATHS before anything runs
+        self.remediator = Remediator(
+            [policy(settings, self) for policy in default_policies],
+            self.emit,
+            settings.remediation_dry_run,
+        )
+        self.host_sample: dict[str, Any] | None = None
+        self.host_name = socket.gethostname()
 
     # ---- start / stop ----------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -81,15 +103,18 @@ class HealerService:
         await self.deadletters.start()
         await self.liveness.start(self.nc)
         await self.control.start(self.nc)
+        await self.nc.subscribe(self.names.host(self.host_name), cb=self._on_host_sample)
         runner = await self._start_http()
         for slot in sup.slots.values():
             if slot.kind != SERVER:
                 await sup.launch(slot)
         log.info("healer supervising %d slot(s); %s", len(sup.slots), self.settings.describe())
         watcher = asyncio.create_task(self._watch())
+        remediation = asyncio.create_task(self._remediate())
         await stop.wait()
         log.info("stopping: draining the fleet")
         watcher.cancel()
+        remediation.cancel()
         await sup.shutdown(self.settings.drain_timeout + 2.0)
         await runner.cleanup()
         await self.liveness.stop()
@@ -164,6 +189,8 @@ class HealerService:
         task.add_done_callback(self._tasks.discard)
 
     async def _on_death(self, slot: Slot, death: Death, reason: str) -> None:
+        if reason == "recycle":
+            death.excused = True  # we stopped it on purpose
         if not slot.is_worker or self.deadletters is None:
             return
         beat = self.liveness.last(slot)
@@ -188,9 +215,75 @@ class HealerService:
             slot.deaths.extend(kept)
             death.excused = True
 
+    # ---- remediation -----------------------------------------------------------------
+    async def _on_host_sample(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError, TypeError):
+            sample = codec.loads(msg.data)
+            if isinstance(sample, dict):
+                self.host_sample = sample
+
+    async def _remediate(self) -> None:
+        interval = self.settings.host_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.remediator.run_once(await self._host_view())
+            except Exception:
+                log.exception("remediation round failed")
+
+    async def _host_view(self) -> HostView:
+        sample = self.host_sample
+        fresh = self.settings.host_interval * 3
+        if sample is not None and time.time() - float(sample.get("at", 0)) > fresh:
+            sample = None
+        beats = {}
+        for slot in self.supervisor.by_kind(WORKER):
+            beat = self.liveness.last(slot)
+            if beat is not None and slot.state == RUNNING:
+                beats[slot.name] = beat
+        redis_ok = False
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                redis_ok = bool(await asyncio.wait_for(self.redis.ping(), 1.0))
+        nats_ok = self.nc is not None and self.nc.is_connected
+        return HostView(sample, beats, nats_ok=nats_ok, redis_ok=redis_ok)
+
+    # Actuator: what remediation policies may change
+    async def recycle(self, worker_id: str, reason: str) -> dict[str, Any]:
+        slot = self.supervisor.slots.get(worker_id)
+        if slot is None or slot.state != RUNNING:
+            return {"recycled": False, "why": "not running"}
+        old_pid = slot.pid
+        await self.supervisor.terminate(slot, "recycle", self.settings.drain_timeout + 2.0)
+        for _ in range(100):
+            if slot.pid != old_pid:
+                break
+            await asyncio.sleep(0.05)
+        return {"recycled": True, "old_pid": old_pid, "new_pid": slot.pid, "reason": reason}
+
+    async def set_concurrency(self, agent_type: str, concurrency: int | None) -> None:
+        assert self.nc is not None
+        body = codec.dumps({"concurrency": concurrency})
+        await self.nc.publish(self.names.worker_control(agent_type), body)
+
+    def runs_server(self, name: str) -> bool:
+        slot = self.supervisor.slots.get(name)
+        return slot is not None and slot.kind == SERVER
+
+    async def restart_server(self, name: str) -> dict[str, Any]:
+        slot = self.supervisor.slots[name]
+        old_pid = slot.pid
+        await self.supervisor.terminate(slot, "unreachable", 5.0)
+        return {"restarted": True, "old_pid": old_pid, "new_pid": slot.pid}
+
     # ---- control ---------------------------------------------------------------------
     async def _status(self, _body: dict[str, Any]) -> dict[str, Any]:
-        return {"slots": [s.to_json() for s in self.supervisor.slots.values()], "pid": os.getpid()}
+        return {
+            "slots": [s.to_json() for s in self.supervisor.slots.values()],
+            "pid": os.getpid(),
+            "remediation": self.remediator.state(),
+            "host": self.host_sample,
+        }
 
     async def _heal(self, _body: dict[str, Any]) -> dict[str, Any]:
         healed = [s.name for s in await self.supervisor.relaunch_waiting()]

@@ -23,7 +23,7 @@ class Events:
         self.heal: list[dict[str, Any]] = []
         self.beats: list[dict[str, Any]] = []
 
-    def of(self, action: str, **match: Any) -> list[dict[str, Any]]:
+    def of(self, action: str, /, **match: Any) -> list[dict[str, Any]]:
         return [
             e
             for e in self.heal

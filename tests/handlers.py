@@ -70,3 +70,13 @@ async def wedge(ctx: TaskContext) -> Any:
 
 async def retry_always(ctx: TaskContext) -> Any:
     raise RetryableError("never ready", delay=0.1)
+
+
+_BALLAST: list[bytes] = []
+
+
+async def grow(ctx: TaskContext) -> Any:
+    """Grow the process by ``input.mb`` MiB (kept), then finish after ``input.sleep`` seconds."""
+    _BALLAST.append(b"\x01" * (int(ctx.input["mb"]) * 1024 * 1024))
+    await asyncio.sleep(float(ctx.input.get("sleep", 1.0)))
+    return {"pid": os.getpid(), "held_mib": len(_BALLAST) * int(ctx.input["mb"])}

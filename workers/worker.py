@@ -87,7 +87,7 @@ class Worker:
         self.names = settings.names
         self.agent_type = agent_type
         self.handler = handler
-        self.concurrency = concurrency or settings.concurrency
+        self.concurrency = self.default_concurrency = concurrency or settings.concurrency
         self.host = socket.gethostname()
         self.worker_id = worker_id or f"{agent_type}-{self.host}-{os.getpid()}"
         self.slot = slot
@@ -127,6 +127,7 @@ class Worker:
         psub = await self.js.pull_subscribe_bind(
             durable=self.names.consumer(self.agent_type), stream=self.names.tasks_stream
         )
+        await nc.subscribe(self.names.worker_control(self.agent_type), cb=self._on_control)
         self.state = "idle"
         fetcher = spawn(self._fetch_loop(psub), self._tasks)
         await stop.wait()
@@ -151,6 +152,18 @@ class Worker:
                 task.cancel()  # the handler naks its message on cancellation
             if pending:
                 await asyncio.wait(pending, timeout=5)
+
+    async def _on_control(self, msg: Msg) -> None:
+        """``{"concurrency": n}`` lowers or raises how many tasks run at once (null: default)."""
+        try:
+            body = codec.loads(msg.data)
+            if "concurrency" in body:
+                level = body["concurrency"]
+                self.concurrency = max(1, int(level)) if level else self.default_concurrency
+                log.info("concurrency set to %d by control message", self.concurrency)
+                self._slot_free.set()
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignored malformed control message: %s", exc)
 
     def snapshot(self) -> Heartbeat:
         busy = self.state == "idle" and self.inflight
