@@ -140,10 +140,6 @@ def _namespace(text: str) -> str:
     return text
 
 
-def _paths(text: str) -> tuple[Path, ...]:
-    return tuple(Path(p) for p in text.split(os.pathsep) if p.strip())
-
-
 def _optional_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     conv = _url(schemes)
     return lambda text: conv(text) if text else ""
@@ -223,8 +219,7 @@ class Settings:
     probe_failures: int = _opt("FOUNDRY_PROBE_FAILURES", _positive(int), 3)
     log_level: str = _opt("FOUNDRY_LOG_LEVEL", str.upper, "INFO")
     monitor_host: str = _opt("FOUNDRY_MONITOR_HOST", str, "127.0.0.1")
-    host_interval: float = _opt("FOUNDRY_HOST_INTERVAL", _positive(float, 0.05), 5.0)
-    # Paths whose disk the monitor watches, separated like PATH; empty means the data dir.
+    # Paths whose disk the monitor watches, comma-separated; empty means the data dir.
     watch_paths: tuple[Path, ...] = _opt("FOUNDRY_WATCH_PATHS", _paths, ())
     # nats-server's HTTP monitoring endpoint (-m); empty: the monitor skips server stats.
     nats_monitor_url: str = _opt(
@@ -269,8 +264,6 @@ class Settings:
                 text = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
                 text = "1" if value else "0"
-            elif isinstance(value, tuple):
-                text = os.pathsep.join(str(v) for v in value)
             else:
                 text = str(value)
             out[f.metadata["env"]] = text
