@@ -1,24 +1,16 @@
 """The host sample: what the monitor measures on one host every ``FOUNDRY_HOST_INTERVAL``.
 
-Published as JSON on ``names.host(host_token(hostname))`` (core NATS). The
+Published as JSON on ``names.host(socket.gethostname())`` (core NATS). The
 healer's remediation policies read it with :meth:`HostSample.from_payload`;
 the keys below are the contract between the two services.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from foundry import codec
-
-_TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def host_token(hostname: str) -> str:
-    """A host name as one subject token (``build.example.com`` -> ``build-example-com``)."""
-    return _TOKEN_UNSAFE.sub("-", hostname.replace(".", "-"))[:64] or "unknown"
 
 
 @dataclass(frozen=True)

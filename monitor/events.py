@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 HEAL_ACTIONS = ("relaunch", "kill_silent", "quarantine", "release", "poison", "dead_letter",
                 "remediate")  # fmt: skip
 RELAUNCH_REASONS = ("exit", "silent", "manual", "memory", "recycle")
-POLICIES = ("disk", "memory", "cpu", "redis", "nats")
+POLICIES = ("disk", "memory", "cpu", "reachability")  # the healer's remediation policies
 OUTCOMES = ("done", "dry_run", "failed", "skipped")
 SERVICE_SLOTS = ("gateway", "monitor", "nats-server", "redis-server")
 DETECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)

@@ -28,7 +28,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from foundry import codec
 from foundry.connect import connect_nats, redis_client
-from foundry.hostsample import HostSample, host_token
+from foundry.hostsample import HostSample
 from foundry.messages import Heartbeat
 from foundry.runtime import spawn
 from foundry.settings import Settings
@@ -50,7 +50,8 @@ class Monitor:
         self.settings = settings
         self.names = settings.names
         self.hostname = hostname or socket.gethostname()
-        self.subject = self.names.host(host_token(self.hostname))
+        # The healer subscribes to its own host name the same way (a dotted name spans tokens).
+        self.subject = self.names.host(self.hostname)
         self.registry = CollectorRegistry()
         self.types = AgentTypes(settings.fleet)
         self.exporter = ClusterExporter(settings.fleet, settings.silence_timeout, types=self.types)
