@@ -54,7 +54,8 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
 ) -> None:
     require("prometheus")
     # Given nats-server with its monitoring port, and a healer running gateway, monitor and
-    # a fleet where critic tasks fail and deployer tasks exhaust their deliveries
+    # a fleet where critic tasks fail and deployer tasks exhaust their deliveries, with a
+    # disk threshold every disk exceeds (in dry run: a remediation event, nothing deleted)
     nats_port, nats_http = free_port(), free_port()
     nats = nats_server(nats_port, tmp_path / "nats", http_port=nats_http).start()
     settings = make_settings(
@@ -63,6 +64,8 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         fleet={"coder": 2, "critic": 1, "deployer": 1},
         handlers={"critic": "tests.handlers:fail", "deployer": "tests.handlers:retry_always"},
         max_deliver=2, host_interval=0.5, watch_paths=(tmp_path,),
+        # any disk is "full": a dry-run clean every second (the first comes before the monitor)
+        disk_threshold=0.1, remediation_dry_run=True, remediation_cooldown=1.0,
         gateway_port=free_port(), healer_port=free_port(), monitor_port=free_port(),
     )  # fmt: skip
     prom = Prometheus(config_for_test(settings, prom_port=free_port()), tmp_path / "prometheus")
@@ -103,10 +106,13 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
             'sum(increase(foundry_relaunches_total{agent_type="coder",reason="exit"}[1m])) > 0':
                 "relaunch",
             'sum(foundry_gateway_request_duration_seconds_count{route="unmatched"}) >= 1': "404",
+            'sum(foundry_remediations_total{policy="disk",outcome="dry_run"}) >= 1': "remediation",
         }  # fmt: skip
         for expr, what in checks.items():
-            await eventually(lambda e=expr: prom.query(e), 30, interval=0.5)  # type: ignore[misc]
-            assert prom.query(expr), what
+            try:
+                await eventually(lambda e=expr: prom.query(e), 30, interval=0.5)  # type: ignore[misc]
+            except AssertionError:
+                raise AssertionError(f"no {what}: {expr}\n{procs.logs()}") from None
         # ... and every panel of every dashboard, every template variable and every
         # annotation query returns at least one series
         counts = _panel_counts(prom)
