@@ -1,12 +1,14 @@
 """The built-in handlers, by the name ``FOUNDRY_HANDLERS`` binds them with.
 
-``echo`` returns its input. See docs/handlers.md.
+``echo`` returns its input; ``exec`` runs code in a subprocess sandbox. See
+docs/handlers.md.
 """
 
 from __future__ import annotations
 
+from workers.builtin.exec import exec_handler
 from workers.handlers import Handler, echo
 
-BUILTIN_HANDLERS: dict[str, Handler] = {"echo": echo}
+BUILTIN_HANDLERS: dict[str, Handler] = {"echo": echo, "exec": exec_handler}
 
-__all__ = ["BUILTIN_HANDLERS", "echo"]
+__all__ = ["BUILTIN_HANDLERS", "echo", "exec_handler"]
