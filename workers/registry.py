@@ -10,7 +10,13 @@ from workers.builtin import BUILTIN_HANDLERS
 from workers.handlers import Handler
 
 # The seed's roles and what they run when FOUNDRY_HANDLERS says nothing.
-DEFAULT_BINDINGS: dict[str, str] = {}
+DEFAULT_BINDINGS: dict[str, str] = {
+    "architect": "llm",
+    "coder": "llm",
+    "critic": "llm",
+    "executor": "exec",
+    "deployer": "webhook",
+}
 FALLBACK_HANDLER = "echo"
 
 
