@@ -36,8 +36,9 @@ def _gateway_url(settings: Settings) -> str:
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
@@ -60,9 +61,14 @@ def _answers(url: str, default_port: int) -> bool:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    embedded = [name for name, url, port in (("nats", settings.nats_url, 4222),
-                                             ("redis", settings.redis_url, 6379))
-                if not _answers(url, port)]  # fmt: skip
+    embedded = [
+        name
+        for name, url, port in (
+            ("nats", settings.nats_url, 4222),
+            ("redis", settings.redis_url, 6379),
+        )
+        if not _answers(url, port)
+    ]
     services = ["gateway"] + (["monitor"] if importlib.util.find_spec("monitor") else [])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "healer", "--services", ",".join(services)]
@@ -92,13 +98,17 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
                     if resp.status == 200:
-                        print(f"foundry: cluster up; gateway at {url} (Ctrl-C stops it)",
-                              flush=True)  # fmt: skip
+                        print(
+                            f"foundry: cluster up; gateway at {url} (Ctrl-C stops it)", flush=True
+                        )
                         announced = True
             except OSError:
                 if time.monotonic() > deadline:
-                    print(f"foundry: gateway not healthy after {args.wait:g}s; see "
-                          f"{settings.data_dir / 'logs'}", flush=True)  # fmt: skip
+                    print(
+                        f"foundry: gateway not healthy after {args.wait:g}s; see "
+                        f"{settings.data_dir / 'logs'}",
+                        flush=True,
+                    )
                     announced = True
         try:
             proc.wait(0.5)
@@ -116,10 +126,19 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"status": status, "agents": agents}, indent=2))
         return 0
-    print(f"workers: {status['total_workers']} total, {status['healthy_workers']} healthy, "
-          f"{status['unhealthy_workers']} unhealthy; healer {status.get('healer')}")  # fmt: skip
-    cols = ("worker_id", "agent_type", "status", "pid", "tasks_processed", "errors",
-            "uptime_seconds")  # fmt: skip
+    print(
+        f"workers: {status['total_workers']} total, {status['healthy_workers']} healthy, "
+        f"{status['unhealthy_workers']} unhealthy; healer {status.get('healer')}"
+    )
+    cols = (
+        "worker_id",
+        "agent_type",
+        "status",
+        "pid",
+        "tasks_processed",
+        "errors",
+        "uptime_seconds",
+    )
     rows = [[str(a.get(c, "")) for c in cols] for a in agents]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
@@ -142,8 +161,11 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     if not args.wait:
         print(json.dumps(out))
         return 0
-    record = _http("GET", f"{url}/api/cluster/task/{out['task_id']}?wait={args.timeout:g}",
-                   timeout=args.timeout + 10)  # fmt: skip
+    record = _http(
+        "GET",
+        f"{url}/api/cluster/task/{out['task_id']}?wait={args.timeout:g}",
+        timeout=args.timeout + 10,
+    )
     print(json.dumps(record, indent=2))
     return 0 if record["status"] == "completed" else 1
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
 import redis.asyncio as aioredis
@@ -23,6 +24,7 @@ from foundry.errors import BrokerUnavailable, CacheUnavailable
 from foundry.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def _log_error(exc: Exception) -> None:
@@ -35,6 +37,26 @@ async def _log_disconnect() -> None:
 
 async def _log_reconnect() -> None:
     log.info("nats: reconnected")
+
+
+async def _with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    budget: float,
+    what: str,
+    error: Callable[[Exception], Exception],
+) -> T:
+    """Call ``attempt`` until it succeeds, backing off up to 2 s, for at most ``budget`` s."""
+    deadline = time.monotonic() + budget
+    delay = 0.1
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if time.monotonic() + delay > deadline:
+                raise error(exc) from exc
+            log.warning("%s not reachable yet (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
@@ -54,24 +76,19 @@ async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
         "pending_size": 8 * 1024 * 1024,
     }
     options.update(extra)
-    deadline = time.monotonic() + settings.connect_timeout
-    delay = 0.1
-    while True:
-        try:
-            # With max_reconnect_attempts=-1, nats.connect() itself retries a refused first
-            # connection forever: bound it by what is left of the deadline.
-            remaining = max(0.5, deadline - time.monotonic())
-            return await asyncio.wait_for(nats.connect(**options), remaining)
-        except Exception as exc:
-            if time.monotonic() + delay > deadline:
-                raise BrokerUnavailable(
-                    f"NATS at {redact_url(settings.nats_url)} did not answer within "
-                    f"{settings.connect_timeout:g}s ({exc!r}); is nats-server running? "
-                    "Set FOUNDRY_NATS_URL to where it listens."
-                ) from exc
-            log.warning("NATS not reachable yet (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    conn: NATS = await _with_retries(
+        # With max_reconnect_attempts=-1, nats.connect() itself retries a refused first
+        # connection forever: bound the attempt, or FOUNDRY_CONNECT_TIMEOUT never fires.
+        lambda: asyncio.wait_for(nats.connect(**options), max(0.5, settings.connect_timeout)),
+        settings.connect_timeout,
+        "NATS",
+        lambda exc: BrokerUnavailable(
+            f"NATS at {redact_url(settings.nats_url)} did not answer within "
+            f"{settings.connect_timeout:g}s ({exc!r}); is nats-server running? "
+            "Set FOUNDRY_NATS_URL to where it listens."
+        ),
+    )
+    return conn
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -89,20 +106,22 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 async def connect_redis(settings: Settings) -> aioredis.Redis:
     """Create a client and wait (bounded) until the server answers PING."""
     client = redis_client(settings)
-    deadline = time.monotonic() + settings.connect_timeout
-    delay = 0.1
-    while True:
-        try:
-            await client.ping()
-            return client
-        except Exception as exc:
-            if time.monotonic() + delay > deadline:
-                await client.aclose()
-                raise CacheUnavailable(
-                    f"Redis at {redact_url(settings.redis_url)} did not answer within "
-                    f"{settings.connect_timeout:g}s ({exc!r}); is redis-server running? "
-                    "Set FOUNDRY_REDIS_URL to where it listens."
-                ) from exc
-            log.warning("Redis not reachable yet (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+
+    async def ping() -> aioredis.Redis:
+        await client.ping()
+        return client
+
+    try:
+        return await _with_retries(
+            ping,
+            settings.connect_timeout,
+            "Redis",
+            lambda exc: CacheUnavailable(
+                f"Redis at {redact_url(settings.redis_url)} did not answer within "
+                f"{settings.connect_timeout:g}s ({exc!r}); is redis-server running? "
+                "Set FOUNDRY_REDIS_URL to where it listens."
+            ),
+        )
+    except CacheUnavailable:
+        await client.aclose()
+        raise

@@ -218,6 +218,35 @@ class Settings:
     remediation_dry_run: bool = _opt("FOUNDRY_REMEDIATION_DRY_RUN", _bool, False)
     probe_failures: int = _opt("FOUNDRY_PROBE_FAILURES", _positive(int), 3)
     log_level: str = _opt("FOUNDRY_LOG_LEVEL", str.upper, "INFO")
+    # Built-in handler `exec`: caps on what one run may use (a task may ask for less).
+    exec_timeout: float = _opt("FOUNDRY_EXEC_TIMEOUT", _positive(float), 30.0)
+    exec_cpu_seconds: int = _opt("FOUNDRY_EXEC_CPU_SECONDS", _positive(int), 10)
+    exec_memory_bytes: int = _opt("FOUNDRY_EXEC_MEMORY_BYTES", _positive(int), 512 * 1024 * 1024)
+    exec_file_bytes: int = _opt("FOUNDRY_EXEC_FILE_BYTES", _positive(int), 16 * 1024 * 1024)
+    exec_max_procs: int = _opt("FOUNDRY_EXEC_MAX_PROCS", _positive(int), 64)
+    exec_output_bytes: int = _opt("FOUNDRY_EXEC_OUTPUT_BYTES", _positive(int), 64 * 1024)
+    exec_python: str = _opt("FOUNDRY_EXEC_PYTHON", str, "python3")
+    exec_user: str = _opt("FOUNDRY_EXEC_USER", str, "nobody")
+    # Built-in handler `llm`: an OpenAI-compatible chat-completions server.
+    llm_url: str = _opt(
+        "FOUNDRY_LLM_URL", lambda t: _url(("http", "https"))(t) if t else "", "", repr=False
+    )
+    llm_model: str = _opt("FOUNDRY_LLM_MODEL", str, "")
+    llm_api_key: str = _opt("FOUNDRY_LLM_API_KEY", str, "", repr=False)
+    llm_timeout: float = _opt("FOUNDRY_LLM_TIMEOUT", _positive(float), 120.0)
+    llm_retries: int = _opt("FOUNDRY_LLM_RETRIES", _positive(int, 0, strict=False), 4)
+    llm_backoff: float = _opt("FOUNDRY_LLM_BACKOFF", _positive(float, 0.0, strict=False), 1.0)
+    llm_stream: bool = _opt("FOUNDRY_LLM_STREAM", _bool, True)
+    llm_prompts_dir: str = _opt("FOUNDRY_LLM_PROMPTS_DIR", str, "")
+    # Built-in handler `webhook`. The URL may embed a token: kept out of repr too.
+    deploy_webhook_url: str = _opt(
+        "FOUNDRY_DEPLOY_WEBHOOK_URL",
+        lambda t: _url(("http", "https"))(t) if t else "",
+        "",
+        repr=False,
+    )
+    webhook_secret: str = _opt("FOUNDRY_WEBHOOK_SECRET", str, "", repr=False)
+    webhook_timeout: float = _opt("FOUNDRY_WEBHOOK_TIMEOUT", _positive(float), 10.0)
     monitor_host: str = _opt("FOUNDRY_MONITOR_HOST", str, "127.0.0.1")
     # Paths whose disk the monitor watches, comma-separated; empty means the data dir.
     watch_paths: tuple[Path, ...] = _opt("FOUNDRY_WATCH_PATHS", _paths, ())

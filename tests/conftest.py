@@ -2,7 +2,9 @@
 
 Session fixtures start one of each in a temporary folder (binaries from the
 project's own dependencies) and stop them by pid. ``FOUNDRY_TEST_NATS_URL`` /
-``FOUNDRY_TEST_REDIS_URL`` point the suite at servers that already run instead.
+``FOUNDRY_TEST_REDIS_URL`` point the suite at servers that already run instead;
+``FOUNDRY_TEST_DOCKER=1`` runs them in containers via testcontainers (the
+``docker`` extra). Fault tests that stop a server always use local processes.
 Every test gets its own namespace, so streams, subjects and keys never collide.
 """
 
@@ -39,11 +41,45 @@ def _external(var: str) -> str | None:
     return os.environ.get(var) or None
 
 
+def _docker_wanted() -> bool:
+    return os.environ.get("FOUNDRY_TEST_DOCKER") == "1"
+
+
+@contextlib.contextmanager
+def _container(image: str, port: int, ready_log: str, *command: str) -> Iterator[str]:
+    """A server in a Docker container (FOUNDRY_TEST_DOCKER=1), yielding host:port."""
+    try:
+        from testcontainers.core.container import (  # type: ignore[import-not-found]
+            DockerContainer,
+        )
+        from testcontainers.core.waiting_utils import (  # type: ignore[import-not-found]
+            wait_for_logs,
+        )
+    except ImportError:
+        pytest.fail("FOUNDRY_TEST_DOCKER=1 needs testcontainers: pip install -e '.[docker]'")
+    container = DockerContainer(image).with_exposed_ports(port)
+    if command:
+        container = container.with_command(" ".join(command))
+    try:
+        container.start()
+    except Exception as exc:
+        pytest.fail(f"FOUNDRY_TEST_DOCKER=1 but no Docker engine answered: {exc}")
+    try:
+        wait_for_logs(container, ready_log, timeout=60)
+        yield f"{container.get_container_host_ip()}:{container.get_exposed_port(port)}"
+    finally:
+        container.stop()
+
+
 @pytest.fixture(scope="session")
 def nats_url(server_root: Path) -> Iterator[str]:
     url = _external("FOUNDRY_TEST_NATS_URL")
     if url:
         yield url
+        return
+    if _docker_wanted():
+        with _container("nats:2.10", 4222, "Server is ready", "-js") as where:
+            yield f"nats://{where}"
         return
     port = free_port()
     proc = nats_server(port, server_root / "nats").start()
@@ -58,6 +94,10 @@ def redis_url(server_root: Path) -> Iterator[str]:
     url = _external("FOUNDRY_TEST_REDIS_URL")
     if url:
         yield url
+        return
+    if _docker_wanted():
+        with _container("redis:7", 6379, "Ready to accept connections") as where:
+            yield f"redis://{where}/0"
         return
     port = free_port()
     proc = redis_server(port, server_root / "redis", persist=False).start()
@@ -110,6 +150,8 @@ def make_settings(nats_url: str, redis_url: str, tmp_path: Path) -> Callable[...
             "gateway_port": 0,
             "healer_port": 0,
             "monitor_port": 0,
+            # The seed's roles default to llm/exec/webhook; flow tests want plain echo.
+            "handlers": dict.fromkeys(TEST_FLEET, "echo"),
         }
         base.update(overrides)
         return Settings(**base)

@@ -85,6 +85,27 @@ async def test_foundry_up_end_to_end(tmp_path: Path) -> None:
         await nc.close()
         rec = await asyncio.to_thread(_get, f"{base}/api/cluster/task/up-nats-1?wait=20")
         assert rec["status"] == "completed" and rec["result"]["description"] == "via nats"
+
+        # and the CLI talks to it
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "foundry.cli", *args],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+
+        out = await asyncio.to_thread(cli, "status")
+        assert out.returncode == 0 and "coder-0" in out.stdout and "critic-0" in out.stdout
+        out = await asyncio.to_thread(cli, "submit", "coder", "by cli", "--wait")
+        assert out.returncode == 0 and json.loads(out.stdout)["status"] == "completed"
+        out = await asyncio.to_thread(cli, "heal")
+        assert out.returncode == 0 and "nothing to heal" in out.stdout
+        out = await asyncio.to_thread(cli, "submit", "painter", "x")
+        assert out.returncode != 0 and "known types: coder, critic" in out.stderr
         # and a killed gateway comes back
         gateway = next(c for c in children if c.cmdline()[-2:] == ["-m", "gateway"])
         gateway.kill()

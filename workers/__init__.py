@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.handlers import Handler, RetryableError, TaskContext
+from workers.handlers import Handler, RetryableError, TaskContext, TaskFailed
 from workers.registry import resolve_handler
 
-__all__ = ["Handler", "RetryableError", "TaskContext", "resolve_handler"]
+__all__ = ["Handler", "RetryableError", "TaskContext", "TaskFailed", "resolve_handler"]

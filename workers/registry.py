@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from foundry.errors import ConfigError
-from workers.handlers import BUILTIN_HANDLERS, Handler
+from workers.builtin import BUILTIN_HANDLERS
+from workers.handlers import Handler
 
 # The seed's roles and what they run when FOUNDRY_HANDLERS says nothing.
-DEFAULT_BINDINGS: dict[str, str] = {}
+DEFAULT_BINDINGS: dict[str, str] = {
+    "architect": "llm",
+    "coder": "llm",
+    "critic": "llm",
+    "executor": "exec",
+    "deployer": "webhook",
+}
 FALLBACK_HANDLER = "echo"
+
+
+def _is_async(obj: object) -> bool:
+    if inspect.isclass(obj):
+        return False
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
+        getattr(obj, "__call__", None)  # noqa: B004 - an instance with an async __call__
+    )
 
 
 def resolve_handler(spec: str, var: str = "FOUNDRY_HANDLERS") -> Handler:
@@ -32,6 +48,8 @@ def resolve_handler(spec: str, var: str = "FOUNDRY_HANDLERS") -> Handler:
         raise ConfigError(f"{var}: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(handler):
         raise ConfigError(f"{var}: {spec!r} is not callable")
+    if not _is_async(handler):
+        raise ConfigError(f"{var}: {spec!r} must be an async function: async def {attr}(ctx)")
     return handler  # type: ignore[no-any-return]
 
 

@@ -39,12 +39,13 @@ from foundry.messages import (
 from foundry.runtime import spawn
 from foundry.settings import Settings
 from foundry.store import TaskStore
-from workers.handlers import Handler, RetryableError, TaskContext
+from workers.handlers import Handler, RetryableError, TaskContext, TaskFailed
 from workers.heartbeat import HeartbeatSender
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 FETCH_TIMEOUT = 1.0  # shorter fetches stall now and then (DESIGN.md)
+PROGRESS_NOTE_MAX = 200  # characters of a progress note carried in heartbeats
 
 
 @dataclass
@@ -54,6 +55,8 @@ class InFlight:
     reply: str
     delivery: int
     started: float
+    progress: str | None = None  # the handler's last ctx.progress() note
+    progress_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +65,8 @@ class InFlight:
             "reply": self.reply,
             "delivery": self.delivery,
             "started_at": self.started,
+            "progress": self.progress,
+            "progress_at": self.progress_at,
         }
 
 
@@ -288,8 +293,18 @@ class Worker:
     async def _run_handler(
         self, msg: Msg, task: Task, entry: InFlight
     ) -> tuple[str | None, Any, str | None, float]:
-        async def progress(_note: str | None) -> None:
-            await self._safe(msg.in_progress())
+        lease_every = min(0.5, self.settings.ack_wait / 4)
+        last_lease = -lease_every
+
+        async def progress(note: str | None) -> None:
+            nonlocal last_lease
+            if note is not None:
+                entry.progress = note[:PROGRESS_NOTE_MAX]
+            entry.progress_at = time.time()
+            now = time.monotonic()
+            if now - last_lease >= lease_every:  # a handler may call this per streamed token
+                last_lease = now
+                await self._safe(msg.in_progress())
 
         ctx = TaskContext(
             task_id=task.task_id,
@@ -298,6 +313,7 @@ class Worker:
             input=task.input,
             attempt=entry.delivery,
             worker_id=self.worker_id,
+            settings=self.settings,
             _progress=progress,
         )
         lease = spawn(self._keep_lease(msg), self._tasks)
@@ -310,7 +326,10 @@ class Worker:
             log.info("task %s asked for a retry in %.1fs: %s", task.task_id, delay, exc)
             await self._safe(msg.nak(delay=delay))
             return None, None, None, 0.0
+        except TaskFailed as exc:
+            return FAILED, exc.result, str(exc), time.monotonic() - started
         except TimeoutError:
+            ctx.cancelled.set()
             limit = self.settings.task_timeout
             return FAILED, None, f"timed out after {limit:g}s (FOUNDRY_TASK_TIMEOUT)", limit
         except asyncio.CancelledError:

@@ -1,0 +1,195 @@
+"""The ``llm`` built-in against a local OpenAI-compatible server: the real client runs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from foundry.servers import free_port
+from foundry.settings import Settings
+from tests.fakes import MODEL, FakeLLM, llm_app, make_ctx, serve
+from workers.builtin.llm import llm_handler
+from workers.builtin.prompts import ROLE_PROMPTS
+from workers.handlers import TaskFailed
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeLLM, str]]:
+    llm = FakeLLM()
+    async with serve(llm_app(llm)) as url:
+        yield llm, f"{url}/v1"
+
+
+def llm_settings(url: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "llm_url": url,
+        "llm_model": "test-model",
+        "llm_api_key": API_KEY,
+        "llm_backoff": 0.01,
+        "llm_retries": 2,
+        "llm_timeout": 5.0,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+async def ask(
+    settings: Settings,
+    task_input: Any = None,
+    agent_type: str = "coder",
+    notes: list[str | None] | None = None,
+) -> dict[str, Any]:
+    ctx = make_ctx(agent_type, task_input, settings, "Write a sorting function", notes)
+    return await llm_handler(ctx)
+
+
+async def ask_failing(settings: Settings, task_input: Any = None) -> TaskFailed:
+    with pytest.raises(TaskFailed) as info:
+        await ask(settings, task_input)
+    return info.value
+
+
+async def test_streaming_answer_reports_progress(fake: tuple[FakeLLM, str]) -> None:
+    llm, url = fake
+    notes: list[str | None] = []
+    # When a coder task runs against a streaming server
+    out = await ask(llm_settings(url), {"language": "python"}, notes=notes)
+    # Then the streamed content, model and usage come back ...
+    assert out["content"] == llm.reply and out["streamed"] is True
+    assert out["model"] == MODEL and out["finish_reason"] == "stop"
+    assert out["usage"]["completion_tokens"] == len(llm.reply.split())
+    # ... progress was reported as chunks arrived ...
+    chunk_notes = [n for n in notes if n and n.startswith("streaming")]
+    assert len(chunk_notes) == len(llm.reply.split())
+    # ... and the request was an OpenAI chat completion with the coder's role prompt
+    sent = llm.requests[0]
+    assert sent["headers"]["Authorization"] == f"Bearer {API_KEY}"
+    body = sent["body"]
+    assert body["model"] == "test-model" and body["stream"] is True
+    assert body["messages"][0] == {"role": "system", "content": ROLE_PROMPTS["coder"]}
+    assert body["messages"][1]["role"] == "user"
+    assert body["messages"][1]["content"].startswith("Write a sorting function")
+    assert '"language":"python"' in body["messages"][1]["content"]
+
+
+async def test_non_streaming_answer(fake: tuple[FakeLLM, str]) -> None:
+    llm, url = fake
+    out = await ask(llm_settings(url, llm_stream=False))
+    assert out == {
+        "content": llm.reply,
+        "model": MODEL,
+        "finish_reason": "stop",
+        "streamed": False,
+        "usage": out["usage"],
+    }
+    assert out["usage"]["total_tokens"] > 0
+    assert llm.requests[0]["body"]["stream"] is False
+
+
+async def test_429_then_success(fake: tuple[FakeLLM, str]) -> None:
+    llm, url = fake
+    llm.script = ["429"]
+    notes: list[str | None] = []
+    out = await ask(llm_settings(url), notes=notes)
+    assert out["content"] == llm.reply
+    assert len(llm.requests) == 2
+    assert any(n and "HTTP 429" in n for n in notes)
+
+
+async def test_5xx_until_retries_are_exhausted(fake: tuple[FakeLLM, str]) -> None:
+    llm, url = fake
+    llm.fallback = "503"
+    err = await ask_failing(llm_settings(url, llm_retries=2))
+    assert "HTTP 503" in str(err) and "3 attempt(s)" in str(err)
+    assert "FOUNDRY_LLM_RETRIES" in str(err)
+    assert len(llm.requests) == 3
+
+
+async def test_client_error_is_not_retried(fake: tuple[FakeLLM, str]) -> None:
+    llm, url = fake
+    llm.fallback = "404"
+    err = await ask_failing(llm_settings(url))
+    assert "HTTP 404" in str(err) and len(llm.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "stream", "words"),
+    [
+        ("garbage", False, "not JSON"),
+        ("garbage", True, "not JSON"),
+        ("no-choices", False, "choices"),
+        ("bad-stream", True, "stream event is not JSON"),
+    ],
+)
+async def test_malformed_response_fails_clearly(
+    fake: tuple[FakeLLM, str], mode: str, stream: bool, words: str
+) -> None:
+    llm, url = fake
+    llm.fallback = mode
+    err = await ask_failing(llm_settings(url, llm_stream=stream))
+    assert "malformed response" in str(err) and words in str(err)
+    assert len(llm.requests) == 1  # a malformed answer is not retried
+
+
+async def test_unreachable_server_is_retried_then_fails() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    err = await ask_failing(llm_settings(url, llm_retries=1))
+    assert "2 attempt(s)" in str(err) and "127.0.0.1" in str(err)
+
+
+async def test_not_configured_says_which_variable_to_set() -> None:
+    err = await ask_failing(Settings())
+    assert "FOUNDRY_LLM_URL" in str(err)
+    err = await ask_failing(Settings(llm_url="http://127.0.0.1:1/v1"))
+    assert "FOUNDRY_LLM_MODEL" in str(err)
+
+
+async def test_api_key_never_in_repr_logs_or_errors(
+    fake: tuple[FakeLLM, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    llm, url = fake
+    caplog.set_level(logging.DEBUG)
+    settings = llm_settings(url)
+    # Given a server that fails once, then echoes the key back in a 401
+    llm.script = ["500", "echo-key"]
+    err = await ask_failing(settings)
+    # Then the key is in no log line, no error, and no repr
+    assert "HTTP 401" in str(err) and "***" in str(err)
+    assert API_KEY not in str(err)
+    assert API_KEY not in caplog.text and "HTTP 500" in caplog.text
+    assert API_KEY not in repr(settings)
+    assert API_KEY not in repr(make_ctx("coder", None, settings))
+
+
+async def test_role_prompt_overrides(fake: tuple[FakeLLM, str], tmp_path: Path) -> None:
+    llm, url = fake
+    # A prompts folder overrides the built-in prompt of a type ...
+    (tmp_path / "critic.txt").write_text("Be brutal.\n")
+    settings = llm_settings(url, llm_prompts_dir=str(tmp_path))
+    await ask(settings, agent_type="critic")
+    assert llm.requests[-1]["body"]["messages"][0]["content"] == "Be brutal."
+    # ... a task's input.system overrides both, and other types get a generic prompt
+    await ask(settings, {"system": "Answer in haiku.", "temperature": 0.2}, agent_type="critic")
+    body = llm.requests[-1]["body"]
+    assert body["messages"][0]["content"] == "Answer in haiku." and body["temperature"] == 0.2
+    assert "system" not in body["messages"][1]["content"]
+    await ask(settings, agent_type="painter")
+    assert "painter agent" in llm.requests[-1]["body"]["messages"][0]["content"]
+
+
+async def test_explicit_messages_and_model(fake: tuple[FakeLLM, str]) -> None:
+    llm, url = fake
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "again"},
+    ]
+    await ask(llm_settings(url), {"messages": messages, "model": "other-model"})
+    body = llm.requests[-1]["body"]
+    assert body["model"] == "other-model" and body["messages"][1:] == messages

@@ -1,0 +1,98 @@
+"""The ``webhook`` built-in against a local receiver: body, signature, timeout, failures."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from foundry.settings import Settings
+from tests.fakes import WebhookReceiver, make_ctx, serve, webhook_app
+from workers.builtin.webhook import MAX_BODY, SIGNATURE_HEADER, webhook_handler
+from workers.handlers import TaskFailed
+
+SECRET = "whsec-test-secret"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[WebhookReceiver, str]]:
+    rec = WebhookReceiver()
+    async with serve(webhook_app(rec)) as url:
+        yield rec, f"{url}/deploy"
+
+
+async def deploy(settings: Settings, task_input: Any = None) -> dict[str, Any]:
+    return await webhook_handler(make_ctx("deployer", task_input, settings, "ship v1.2"))
+
+
+async def deploy_failing(settings: Settings) -> TaskFailed:
+    with pytest.raises(TaskFailed) as info:
+        await deploy(settings)
+    return info.value
+
+
+async def test_body_and_signature(receiver: tuple[WebhookReceiver, str]) -> None:
+    rec, url = receiver
+    settings = Settings(deploy_webhook_url=url, webhook_secret=SECRET)
+    # When a deploy task runs
+    out = await deploy(settings, {"version": "1.2", "env": "staging"})
+    # Then the receiver got the task as JSON with a valid HMAC-SHA256 signature
+    headers, body = rec.requests[0]
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers[SIGNATURE_HEADER], expected)
+    sent = json.loads(body)
+    assert sent["task_id"] == "t-1" and sent["agent_type"] == "deployer"
+    assert sent["description"] == "ship v1.2"
+    assert sent["input"] == {"version": "1.2", "env": "staging"}
+    assert sent["attempt"] == 1 and sent["sent_at"] > 0
+    assert headers["X-Foundry-Task-Id"] == "t-1"
+    assert headers["Content-Type"] == "application/json"
+    # and the result is its status and body
+    assert out == {"status": 200, "body": '{"deployed": true}', "truncated": False}
+
+
+async def test_no_secret_no_signature(receiver: tuple[WebhookReceiver, str]) -> None:
+    rec, url = receiver
+    await deploy(Settings(deploy_webhook_url=url))
+    headers, _ = rec.requests[0]
+    assert SIGNATURE_HEADER not in headers
+
+
+async def test_timeout_is_a_clear_failure(receiver: tuple[WebhookReceiver, str]) -> None:
+    rec, url = receiver
+    rec.delay = 5.0
+    err = await deploy_failing(Settings(deploy_webhook_url=url, webhook_timeout=0.3))
+    assert "FOUNDRY_WEBHOOK_TIMEOUT" in str(err) and "0.3s" in str(err)
+
+
+async def test_error_status_fails_with_status_and_body(
+    receiver: tuple[WebhookReceiver, str],
+) -> None:
+    rec, url = receiver
+    rec.status, rec.reply = 409, b'{"error": "deploy already running"}'
+    err = await deploy_failing(Settings(deploy_webhook_url=url))
+    assert "HTTP 409" in str(err)
+    assert err.result == {
+        "status": 409,
+        "body": '{"error": "deploy already running"}',
+        "truncated": False,
+    }
+
+
+async def test_long_body_is_capped(receiver: tuple[WebhookReceiver, str]) -> None:
+    rec, url = receiver
+    rec.reply = b"x" * (MAX_BODY * 3)
+    out = await deploy(Settings(deploy_webhook_url=url))
+    assert len(out["body"]) == MAX_BODY and out["truncated"] is True
+
+
+async def test_not_configured_and_unreachable() -> None:
+    err = await deploy_failing(Settings())
+    assert "FOUNDRY_DEPLOY_WEBHOOK_URL" in str(err)
+    # the URL's path (which may hold a token) is not echoed in errors
+    err = await deploy_failing(Settings(deploy_webhook_url="http://127.0.0.1:1/hooks/s3cr3t"))
+    assert "cannot reach http://127.0.0.1:1" in str(err) and "s3cr3t" not in str(err)

@@ -1,0 +1,164 @@
+"""Built-in handler ``exec`` (default for ``executor``): run ``input.code`` in a sandbox.
+
+Input: ``code`` (text), ``language`` (``python``, the default, or ``bash``),
+optional ``stdin`` (text) and ``limits`` (any of ``timeout``, ``cpu_seconds``,
+``memory_bytes``, ``file_bytes``, ``max_procs``, ``output_bytes``; each is
+capped by its ``FOUNDRY_EXEC_*`` setting).
+
+The program ran → a completed result with ``exit_code`` (non-zero included),
+``stdout``, ``stderr`` and ``duration_seconds``. A limit stopped it → a failed
+task whose error names the limit, with the same fields as the result.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from typing import Any
+
+from foundry.settings import Settings
+from workers.builtin.launch import LAUNCH_FAILED, PREFIX
+from workers.builtin.sandbox import Limits, Outcome, find_program, run_sandboxed
+from workers.handlers import TaskContext, TaskFailed
+
+# limit name -> (settings field, environment variable, unit shown in errors)
+LIMITS: dict[str, tuple[str, str, str]] = {
+    "timeout": ("exec_timeout", "FOUNDRY_EXEC_TIMEOUT", "s"),
+    "cpu_seconds": ("exec_cpu_seconds", "FOUNDRY_EXEC_CPU_SECONDS", "s"),
+    "memory_bytes": ("exec_memory_bytes", "FOUNDRY_EXEC_MEMORY_BYTES", " bytes"),
+    "file_bytes": ("exec_file_bytes", "FOUNDRY_EXEC_FILE_BYTES", " bytes"),
+    "max_procs": ("exec_max_procs", "FOUNDRY_EXEC_MAX_PROCS", " processes"),
+    "output_bytes": ("exec_output_bytes", "FOUNDRY_EXEC_OUTPUT_BYTES", " bytes per stream"),
+}
+LANGUAGES = {"python": "main.py", "bash": "main.sh"}
+
+# What a program prints when an rlimit refused it something (checked only on failure).
+_STDERR_SIGNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "memory_bytes",
+        (
+            "MemoryError",
+            "Cannot allocate memory",
+            "cannot allocate",
+            "std::bad_alloc",
+            "out of memory",
+        ),
+    ),
+    ("file_bytes", ("File too large", "File size limit exceeded")),
+    ("cpu_seconds", ("CPU time limit exceeded",)),
+    ("max_procs", ("Resource temporarily unavailable",)),
+)
+
+
+def effective_limits(settings: Settings, requested: Any) -> Limits:
+    """The settings' caps, lowered where the task asked for less."""
+    if requested is None:
+        requested = {}
+    if not isinstance(requested, dict):
+        raise TaskFailed('exec: input.limits must be an object like {"timeout": 5}')
+    unknown = sorted(set(requested) - set(LIMITS))
+    if unknown:
+        raise TaskFailed(f"exec: unknown limit(s) {unknown}; known: {', '.join(LIMITS)}")
+    values: dict[str, Any] = {}
+    for name, (attr, _, _) in LIMITS.items():
+        cap = getattr(settings, attr)
+        asked = requested.get(name)
+        if asked is None:
+            values[name] = cap
+            continue
+        if isinstance(asked, bool) or not isinstance(asked, int | float) or not asked > 0:
+            raise TaskFailed(f"exec: input.limits.{name} must be a positive number")
+        values[name] = min(max(1, math.ceil(asked)) if isinstance(cap, int) else asked, cap)
+    return Limits(**values)
+
+
+def _program(settings: Settings, language: str) -> list[str]:
+    if language == "python":
+        path = find_program(settings.exec_python)
+        if path is None:
+            raise TaskFailed(
+                f"exec: Python interpreter {settings.exec_python!r} not found on the sandbox "
+                "PATH; set FOUNDRY_EXEC_PYTHON to an interpreter's absolute path"
+            )
+        return [path, "-B", "-u", LANGUAGES[language]]
+    path = find_program("bash")
+    if path is None:
+        raise TaskFailed("exec: bash not found on the sandbox PATH (/usr/local/bin:/usr/bin:/bin)")
+    return [path, "--noprofile", "--norc", LANGUAGES[language]]
+
+
+def _limit_hit(outcome: Outcome) -> str | None:
+    """Which limit stopped the program, if one did."""
+    if outcome.limit is not None:
+        return outcome.limit
+    code = outcome.exit_code
+    if code == -signal.SIGXCPU:
+        return "cpu_seconds"
+    if code == -signal.SIGXFSZ:
+        return "file_bytes"
+    if code == 0:
+        return None
+    stderr = outcome.stderr.decode("utf-8", "replace")
+    for name, signs in _STDERR_SIGNS:
+        if any(sign in stderr for sign in signs):
+            return name
+    return None
+
+
+def _describe(limit: str, limits: Limits) -> str:
+    _, var, unit = LIMITS[limit]
+    value = getattr(limits, limit)
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    what = {"timeout": "wall-clock timeout", "output_bytes": "output limit"}.get(
+        limit, f"{limit} limit"
+    )
+    return f"exec: {what} hit ({shown}{unit}; input.limits.{limit} or {var})"
+
+
+def _signal_name(code: int | None) -> str | None:
+    if code is None or code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+async def exec_handler(ctx: TaskContext) -> dict[str, Any]:
+    """Run ``input.code`` in the sandbox and report how it went."""
+    spec = ctx.input if isinstance(ctx.input, dict) else {}
+    code = spec.get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise TaskFailed("exec: input.code is required (the program text to run)")
+    language = spec.get("language", "python")
+    if language not in LANGUAGES:
+        raise TaskFailed(f"exec: input.language must be one of {', '.join(LANGUAGES)}")
+    stdin = spec.get("stdin")
+    if stdin is not None and not isinstance(stdin, str):
+        raise TaskFailed("exec: input.stdin must be text")
+    settings = ctx.settings
+    limits = effective_limits(settings, spec.get("limits"))
+    argv = _program(settings, language)
+    await ctx.progress(f"running {language}")
+    outcome = await run_sandboxed(
+        argv, {LANGUAGES[language]: code}, limits, user=settings.exec_user, stdin=stdin
+    )
+    result: dict[str, Any] = {
+        "exit_code": outcome.exit_code,
+        "signal": _signal_name(outcome.exit_code),
+        "stdout": outcome.stdout.decode("utf-8", "replace"),
+        "stderr": outcome.stderr.decode("utf-8", "replace"),
+        "stdout_truncated": outcome.stdout_truncated,
+        "stderr_truncated": outcome.stderr_truncated,
+        "duration_seconds": round(outcome.duration, 6),
+        "language": language,
+        "limits": {name: getattr(limits, name) for name in LIMITS},
+        "limit": None,
+    }
+    if outcome.exit_code == LAUNCH_FAILED and result["stderr"].startswith(PREFIX):
+        raise TaskFailed(f"exec: the sandbox did not start: {result['stderr'].strip()}", result)
+    limit = _limit_hit(outcome)
+    if limit is not None:
+        result["limit"] = limit
+        raise TaskFailed(_describe(limit, limits), result)
+    return result

@@ -1,0 +1,83 @@
+"""Built-in handler ``webhook`` (default for ``deployer``): POST the task to a URL.
+
+The body is the task as JSON (``task_id``, ``agent_type``, ``description``,
+``input``, ``attempt``, ``worker_id``, ``sent_at``) sent to
+``FOUNDRY_DEPLOY_WEBHOOK_URL`` within ``FOUNDRY_WEBHOOK_TIMEOUT`` seconds.
+With ``FOUNDRY_WEBHOOK_SECRET`` set, ``X-Foundry-Signature-256`` carries
+``sha256=<hex HMAC-SHA256 of the raw body>``. A 2xx answer → the result
+``{"status", "body", "truncated"}``; anything else fails the task with the same
+fields. No automatic retry: a deploy that timed out may have happened, so
+receivers should de-duplicate on ``X-Foundry-Task-Id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import aiohttp
+
+from foundry import codec
+from workers.builtin.http import read_capped, where
+from workers.handlers import TaskContext, TaskFailed
+
+SIGNATURE_HEADER = "X-Foundry-Signature-256"
+MAX_BODY = 64 * 1024
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value for ``body``: ``sha256=<hex digest>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def webhook_handler(ctx: TaskContext) -> dict[str, Any]:
+    """POST the task to the deploy webhook and report the answer."""
+    settings = ctx.settings
+    url = settings.deploy_webhook_url
+    if not url:
+        raise TaskFailed(
+            "webhook: FOUNDRY_DEPLOY_WEBHOOK_URL is not set; set it to the URL that should "
+            "receive deploy requests (and FOUNDRY_WEBHOOK_SECRET to sign them)"
+        )
+    body = codec.dumps(
+        {
+            "task_id": ctx.task_id,
+            "agent_type": ctx.agent_type,
+            "description": ctx.description,
+            "input": ctx.input,
+            "attempt": ctx.attempt,
+            "worker_id": ctx.worker_id,
+            "sent_at": time.time(),
+        }
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "agent-foundry-webhook",
+        "X-Foundry-Task-Id": ctx.task_id,
+        "X-Foundry-Attempt": str(ctx.attempt),
+    }
+    if settings.webhook_secret:
+        headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, body)
+    server = where(url)
+    await ctx.progress(f"POST to {server}")
+    timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=body, headers=headers) as resp,
+        ):
+            data, truncated = await read_capped(resp, MAX_BODY)
+            status = resp.status
+    except TimeoutError:
+        raise TaskFailed(
+            f"webhook: no answer from {server} within {settings.webhook_timeout:g}s "
+            "(FOUNDRY_WEBHOOK_TIMEOUT)"
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise TaskFailed(f"webhook: cannot reach {server}: {type(exc).__name__}") from None
+    result = {"status": status, "body": data.decode("utf-8", "replace"), "truncated": truncated}
+    if not 200 <= status < 300:
+        raise TaskFailed(f"webhook: {server} answered HTTP {status}", result)
+    return result
