@@ -70,7 +70,7 @@ class RunningMonitor:
 def settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings:
     return make_settings(
         host_interval=0.3, watch_paths=(tmp_path,), fleet={"coder": 1, "critic": 1},
-        handlers={"critic": "tests.handlers:fail"},
+        handlers={"coder": "echo", "critic": "tests.handlers:fail"},
     )  # fmt: skip
 
 

@@ -62,7 +62,8 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         nats_url=f"nats://127.0.0.1:{nats_port}",
         nats_monitor_url=f"http://127.0.0.1:{nats_http}",
         fleet={"coder": 2, "critic": 1, "deployer": 1},
-        handlers={"critic": "tests.handlers:fail", "deployer": "tests.handlers:retry_always"},
+        handlers={"coder": "echo", "critic": "tests.handlers:fail",
+                  "deployer": "tests.handlers:retry_always"},
         max_deliver=2, host_interval=0.5, watch_paths=(tmp_path,),
         # any disk is "full": a dry-run clean every second (the first comes before the monitor)
         disk_threshold=0.1, remediation_dry_run=True, remediation_cooldown=1.0,
