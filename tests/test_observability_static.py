@@ -108,7 +108,8 @@ def test_compose_services_run_real_modules_on_the_configured_ports() -> None:
         assert (ROOT / module / "__main__.py").exists(), f"{name}: no module {module}"
         assert name == module
         # and the port this service listens on, read the way the service reads it
-        settings = Settings.from_env({k: str(v) for k, v in svc["environment"].items()})
+        env = {k: _interpolate(str(v)) for k, v in svc["environment"].items()}
+        settings = Settings.from_env(env)
         port = getattr(settings, f"{name}_port")
         published = {_container_port(p) for p in svc.get("ports", [])}
         assert port in published, f"{name}: listens on {port}, publishes {published}"
@@ -143,6 +144,11 @@ def _bind_mounts(svc: dict[str, Any]) -> list[tuple[str, str]]:
         if source.startswith("."):
             out.append((target, source))
     return out
+
+
+def _interpolate(text: str) -> str:
+    """Compose's ``${VAR:-default}`` as run from a shell that sets none of them."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
 
 
 def _container_port(mapping: str | int) -> int:
