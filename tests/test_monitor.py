@@ -201,23 +201,34 @@ async def test_task_and_heal_events_become_counters(
     await publish(names.heal_event("relaunch"), agent_type="Not A Type", reason="exit")
     await nc.flush()
 
-    async def settled() -> Samples | None:
-        m = await mon.metrics()
-        return m if value(m, "foundry_remediations_total", policy="disk",
-                          outcome="dry_run") == 1 else None  # fmt: skip
+    # Then each shows up under few, fixed label values (subscriptions run independently,
+    # so wait for all of them)
+    expected: dict[tuple[str, tuple[tuple[str, str], ...]], float | None] = {
+        ("foundry_tasks_submitted_total", (("agent_type", "coder"),)): 2,
+        ("foundry_tasks_dead_total", (("agent_type", "critic"),)): 1,
+        ("foundry_relaunches_total", (("agent_type", "coder"), ("reason", "exit"))): 1,
+        ("foundry_relaunches_total", (("agent_type", "coder"), ("reason", "other"))): 1,
+        ("foundry_relaunches_total", (("agent_type", "gateway"), ("reason", "exit"))): 1,
+        ("foundry_relaunch_detect_seconds_count", (("reason", "exit"),)): 1,
+        ("foundry_silent_kills_total", (("agent_type", "coder"),)): 1,
+        ("foundry_quarantines_total", (("agent_type", "critic"),)): 1,
+        ("foundry_slots_quarantined", (("agent_type", "critic"),)): 1,
+        ("foundry_remediations_total", (("outcome", "dry_run"), ("policy", "disk"))): 1,
+        ("foundry_heal_events_total", (("action", "relaunch"),)): 4,
+    }
 
-    m = await eventually(settled, 15, interval=0.1)
-    # Then each shows up under few, fixed label values
-    assert value(m, "foundry_tasks_submitted_total", agent_type="coder") == 2
-    assert value(m, "foundry_tasks_dead_total", agent_type="critic") == 1
-    assert value(m, "foundry_relaunches_total", agent_type="coder", reason="exit") == 1
-    assert value(m, "foundry_relaunches_total", agent_type="coder", reason="other") == 1
-    assert value(m, "foundry_relaunches_total", agent_type="gateway", reason="exit") == 1
-    assert value(m, "foundry_relaunch_detect_seconds_count", reason="exit") == 1
-    assert value(m, "foundry_silent_kills_total", agent_type="coder") == 1
-    assert value(m, "foundry_quarantines_total", agent_type="critic") == 1
-    assert value(m, "foundry_slots_quarantined", agent_type="critic") == 1
-    assert value(m, "foundry_heal_events_total", action="relaunch") == 4
+    async def counts() -> dict[tuple[str, tuple[tuple[str, str], ...]], float | None]:
+        m = await mon.metrics()
+        return {key: value(m, key[0], **dict(key[1])) for key in expected}
+
+    async def settled() -> bool:
+        return await counts() == expected
+
+    try:
+        await eventually(settled, 15, interval=0.1)
+    except AssertionError:
+        assert await counts() == expected  # shows what differs
+    m = await mon.metrics()
     assert not any("Not A Type" in dict(labels).get("agent_type", "") for _, labels in m)
     assert value(m, "foundry_workers", agent_type="gateway", state="idle") is None
     # When the slot is released, it leaves quarantine
