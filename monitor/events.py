@@ -20,7 +20,7 @@ from monitor.labels import OTHER, AgentTypes, one_of
 log = logging.getLogger(__name__)
 
 HEAL_ACTIONS = ("relaunch", "kill_silent", "quarantine", "release", "poison", "dead_letter",
-                "remediate")  # fmt: skip
+                "remediate", "silent_foreign")  # fmt: skip
 RELAUNCH_REASONS = ("exit", "silent", "manual", "memory", "recycle")
 POLICIES = ("disk", "memory", "cpu", "reachability")  # the healer's remediation policies
 OUTCOMES = ("done", "dry_run", "failed", "skipped")
