@@ -181,6 +181,7 @@ class HealerService:
             )
 
     async def _kill_silent(self, slot: Slot, silent: float) -> None:
+        slot.silent_seconds = silent
         await self.emit(
             "kill_silent", slot=slot, reason="silent", pid=slot.pid, silent_seconds=round(silent, 3)
         )

@@ -79,6 +79,7 @@ class Slot:
     consecutive: int = 0  # deaths since the last stable run
     deaths: deque[Death] = field(default_factory=lambda: deque(maxlen=64))
     pending_reason: str | None = None  # why we are stopping it (silent, manual, recycle)
+    silent_seconds: float | None = None  # how long it had been silent when we killed it
     quarantine_reason: str | None = None
     last_error: str | None = None
     relaunch_handle: asyncio.TimerHandle | None = None

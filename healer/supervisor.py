@@ -142,6 +142,8 @@ class Supervisor:
         if self.on_launch:
             self.on_launch(slot)
         log.info("%s launched (pid %d, %s)", slot.name, proc.pid, reason)
+        if "died_at" in fields:
+            fields["downtime_seconds"] = round(time.time() - float(fields["died_at"]), 6)
         if reason != "start":
             await self.emit(
                 "relaunch", slot=slot, reason=reason, old_pid=old_pid, new_pid=proc.pid, **fields
@@ -212,7 +214,11 @@ class Supervisor:
             "backoff_seconds": delay,
             "ran_seconds": round(death.ran_for, 3),
             "died_at": time.time(),
+            # how long the death took to notice: a silence for hung workers; an exit is
+            # awaited, so it is seen at once
+            "detect_seconds": round(slot.silent_seconds or 0.0, 3) if reason == "silent" else 0.0,
         }
+        slot.silent_seconds = None
         self._schedule(slot, delay, reason, fields)
 
     def _schedule(self, slot: Slot, delay: float, reason: str, fields: dict[str, Any]) -> None:

@@ -121,7 +121,8 @@ async def test_sigstopped_slot_worker_is_killed_and_relaunched(
         kill = events.of("kill_silent", slot="coder-0")
         assert kill and kill[0]["pid"] == pid
         assert kill[0]["silent_seconds"] >= settings.silence_timeout
-        assert events.of("relaunch", slot="coder-0", reason="silent")
+        relaunch = events.of("relaunch", slot="coder-0", reason="silent")
+        assert relaunch and relaunch[0]["detect_seconds"] >= settings.silence_timeout
         assert beat["pid"] != pid
         print(f"SIGSTOP → replaced in {took:.3f}s (silence timeout {settings.silence_timeout}s)")
 
