@@ -256,11 +256,17 @@ class HealerService:
             return {"recycled": False, "why": "not running"}
         old_pid = slot.pid
         await self.supervisor.terminate(slot, "recycle", self.settings.drain_timeout + 2.0)
-        for _ in range(100):
+        new_pid = await self._relaunched(slot, old_pid)
+        return {"recycled": True, "old_pid": old_pid, "new_pid": new_pid, "reason": reason}
+
+    @staticmethod
+    async def _relaunched(slot: Slot, old_pid: int | None, within: float = 5.0) -> int | None:
+        """The slot's new pid once the supervisor relaunched it (None if it did not, in time)."""
+        for _ in range(int(within / 0.05)):
             if slot.pid != old_pid:
-                break
+                return slot.pid
             await asyncio.sleep(0.05)
-        return {"recycled": True, "old_pid": old_pid, "new_pid": slot.pid, "reason": reason}
+        return None
 
     async def set_concurrency(self, agent_type: str, concurrency: int | None) -> None:
         assert self.nc is not None
@@ -275,7 +281,8 @@ class HealerService:
         slot = self.supervisor.slots[name]
         old_pid = slot.pid
         await self.supervisor.terminate(slot, "unreachable", 5.0)
-        return {"restarted": True, "old_pid": old_pid, "new_pid": slot.pid}
+        new_pid = await self._relaunched(slot, old_pid)
+        return {"restarted": new_pid is not None, "old_pid": old_pid, "new_pid": new_pid}
 
     # ---- control ---------------------------------------------------------------------
     async def _status(self, _body: dict[str, Any]) -> dict[str, Any]:

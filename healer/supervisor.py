@@ -234,7 +234,7 @@ class Supervisor:
     # ---- stopping --------------------------------------------------------------------
     async def terminate(self, slot: Slot, reason: str, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace``; the exit handler decides what follows."""
-        proc = slot.proc
+        proc, waiter = slot.proc, slot.waiter  # the exit handler may relaunch: keep these
         if proc is None or proc.returncode is not None:
             return
         slot.pending_reason = reason
@@ -247,9 +247,9 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()  # also ends a SIGSTOPped process
             await proc.wait()
-        if slot.waiter is not None:
+        if waiter is not None:  # let the exit handler finish (events, relaunch scheduling)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(slot.waiter), 5)
+                await asyncio.wait_for(asyncio.shield(waiter), 5)
 
     async def release(self, slot: Slot) -> bool:
         if slot.state != QUARANTINED:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -291,3 +292,28 @@ async def test_hot_cpu_throttles_the_busiest_type_and_restores_it(
             ),
             10,
         )
+
+
+async def test_hung_embedded_redis_is_restarted_after_failed_probes(
+    make_settings: Any, nc: NATS, make_gateway: Any, procs: ProcessGroup
+) -> None:
+    # Given a healer running an embedded redis-server that stops answering (SIGSTOP: alive,
+    # port open, no replies)
+    port = free_port()
+    settings = remediation_settings(
+        make_settings, redis_url=f"redis://127.0.0.1:{port}/0", probe_failures=2
+    )
+    start_healer(procs, settings, "--embedded", "redis")
+    await eventually(lambda: port_open("127.0.0.1", port), 30)
+    await wait_running(nc, settings)
+    pid = json.loads((settings.data_dir / "run" / "redis-server.json").read_text())["pid"]
+    async with watch(nc, settings) as events:
+        os.kill(pid, signal.SIGSTOP)
+        # Then after FOUNDRY_PROBE_FAILURES failed probes the healer restarts it
+        restart = await eventually(lambda: events.of("remediate", policy="reachability"), 40)
+    assert restart[0]["action"] == "restart" and restart[0]["outcome"] == "done"
+    assert restart[0]["after"]["old_pid"] == pid and restart[0]["after"]["new_pid"] != pid
+    # and tasks complete again
+    gw = await make_gateway(settings)
+    await submit(gw, agent_type="coder", description="after", task_id="hung-after-1")
+    assert (await wait_task(gw, "hung-after-1", wait=30))["status"] == "completed"

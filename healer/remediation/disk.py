@@ -145,5 +145,13 @@ class DiskPolicy(Policy):
             "bytes_freed": report.bytes_freed,
             "errors": report.errors[:20],
         }
-        outcome = "done" if report.files_deleted or not report.errors else "failed"
-        return Outcome(outcome, after, f"freed {report.bytes_freed} bytes")
+        if report.files_deleted:
+            return Outcome("done", after, f"freed {report.bytes_freed} bytes")
+        if report.errors:
+            return Outcome("failed", after, "could not delete: " + "; ".join(report.errors[:3]))
+        return Outcome(
+            "skipped",
+            after,
+            f"nothing older than {self.settings.clean_min_age:g}s (FOUNDRY_CLEAN_MIN_AGE) to "
+            f"delete; the disk stays at {report.percent_after:.1f}%",
+        )
