@@ -116,3 +116,25 @@ async def test_worker_records_malformed_messages_and_keeps_going(
     info = await nc.jetstream().consumer_info(settings.names.tasks_stream, "workers-coder")
     assert info.num_pending == 0 and info.num_ack_pending == 0
     await nc.close()
+
+
+async def test_full_queue_is_429_and_loses_nothing(make_settings: Any, make_gateway: Any) -> None:
+    # Given a queue capped at two tasks and no worker draining it
+    settings = make_settings(max_queue_per_type=2)
+    gw = await make_gateway(settings)
+    for i in range(2):
+        status, _ = await post(
+            gw, json={"agent_type": "coder", "description": "d", "task_id": f"q-{i}"}
+        )
+        assert status == 202
+    # When a third arrives, it is refused with 429 saying what to do
+    status, body = await post(
+        gw, json={"agent_type": "coder", "description": "d", "task_id": "q-2"}
+    )
+    assert status == 429 and body["error"] == "queue_full"
+    assert "FOUNDRY_MAX_QUEUE_PER_TYPE" in body["message"]
+    # and left no record behind, while the accepted ones stay queued
+    async with gw.http.get(gw.url("/api/cluster/task/q-2")) as resp:
+        assert resp.status == 404
+    async with gw.http.get(gw.url("/api/cluster/task/q-1")) as resp:
+        assert (await resp.json())["status"] == "queued"
