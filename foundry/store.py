@@ -23,6 +23,7 @@ from foundry import codec
 from foundry.errors import CacheUnavailable
 from foundry.messages import DEAD, FINAL_STATUSES, QUEUED
 from foundry.names import Names
+from foundry.scripts import ScriptBatcher
 
 _FINAL_CHECK = """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -127,19 +128,13 @@ class TaskStore:
         self.redis = redis
         self.names = names
         self.ttl = ttl
-        self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
-        self._queue = redis.register_script(_QUEUE)
+        self._scripts = ScriptBatcher(redis, {"claim": _CLAIM, "finish": _FINISH, "queue": _QUEUE})
 
     async def queue(self, task_id: str, agent_type: str, now: float | None = None) -> str:
         """Record a submission; returns 'created' or the status already stored."""
-        try:
-            out = await self._queue(
-                keys=[self.names.task_key(task_id)],
-                args=[agent_type, now or time.time(), self.ttl],
-            )
-        except RedisError as exc:
-            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        out = await self._scripts.call(
+            "queue", [self.names.task_key(task_id)], [agent_type, now or time.time(), self.ttl]
+        )
         return out.decode() if isinstance(out, bytes) else str(out)
 
     async def forget_queued(self, task_id: str) -> None:
@@ -160,13 +155,11 @@ class TaskStore:
         submitted_at: float,
     ) -> str:
         """Mark running for this delivery. Returns 'ok', 'stale' or the final status."""
-        try:
-            out = await self._claim(
-                keys=[self.names.task_key(task_id)],
-                args=[delivery, worker_id, time.time(), agent_type, self.ttl, submitted_at],
-            )
-        except RedisError as exc:
-            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        out = await self._scripts.call(
+            "claim",
+            [self.names.task_key(task_id)],
+            [delivery, worker_id, time.time(), agent_type, self.ttl, submitted_at],
+        )
         return out.decode() if isinstance(out, bytes) else str(out)
 
     async def finish(
@@ -180,22 +173,20 @@ class TaskStore:
         error: str | None = None,
     ) -> str:
         """Store a final status and result. Returns 'ok', 'stale' or the status already final."""
-        try:
-            out = await self._finish(
-                keys=[self.names.task_key(task_id), self.names.result_key(task_id)],
-                args=[
-                    delivery,
-                    status,
-                    codec.dumps(result),
-                    error or "",
-                    time.time(),
-                    self.ttl,
-                    worker_id,
-                    agent_type,
-                ],
-            )
-        except RedisError as exc:
-            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        out = await self._scripts.call(
+            "finish",
+            [self.names.task_key(task_id), self.names.result_key(task_id)],
+            [
+                delivery,
+                status,
+                codec.dumps(result),
+                error or "",
+                time.time(),
+                self.ttl,
+                worker_id,
+                agent_type,
+            ],
+        )
         return out.decode() if isinstance(out, bytes) else str(out)
 
     async def mark_dead(self, task_id: str, agent_type: str, evidence: dict[str, Any]) -> str:

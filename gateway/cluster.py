@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.heal import healer_status
+from gateway.jsonio import json_response
 from gateway.keys import JS, NC, REDIS, SETTINGS, VIEW
 
 PROBE_TIMEOUT = 1.0
@@ -59,7 +60,7 @@ async def health(request: web.Request) -> web.Response:
     }
     if problems:
         body["message"] = f"unreachable: {', '.join(problems)}"
-    return web.json_response(body, status=200 if not problems else 503)
+    return json_response(body, status=200 if not problems else 503)
 
 
 async def _queues(request: web.Request) -> dict[str, dict[str, int]]:
@@ -138,7 +139,7 @@ async def status(request: web.Request) -> web.Response:
         counts[w["status"]] += 1
         row = by_type.setdefault(w["agent_type"], {"desired": 0, **dict.fromkeys(counts, 0)})
         row[w["status"]] += 1
-    return web.json_response(
+    return json_response(
         {
             "total_workers": len(workers),
             "healthy_workers": counts["healthy"],
@@ -173,4 +174,4 @@ def _host_summary(sample: dict[str, Any] | None) -> dict[str, Any] | None:
 async def agents_live(request: web.Request) -> web.Response:
     """GET /api/cluster/agents/live: one row per worker (heartbeats + the healer's slots)."""
     workers, _ = await _workers(request)
-    return web.json_response({"agents": workers, "count": len(workers)})
+    return json_response({"agents": workers, "count": len(workers)})

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from foundry import codec
 from foundry.errors import BrokerUnavailable, CacheUnavailable
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ class ApiError(web.HTTPException):
     def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
         self.status_code = status
         body = {"error": code, "message": message, **extra}
-        super().__init__(text=web.json_response(body).text, content_type="application/json")
+        super().__init__(text=codec.dumps(body).decode(), content_type="application/json")
 
 
 def bad_request(message: str, field: str | None = None, **extra: object) -> ApiError:

@@ -14,6 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from foundry import codec
 from foundry.errors import BrokerUnavailable
 from gateway.errors import ApiError, bad_request
+from gateway.jsonio import json_response
 from gateway.keys import JS, NC, SETTINGS
 
 CONTROL_TIMEOUT = 5.0
@@ -57,7 +58,7 @@ async def healer_status(request: web.Request) -> dict[str, Any] | None:
 async def heal_now(request: web.Request) -> web.Response:
     """POST /api/cluster/heal → {"healed_workers", "count", "message"}"""
     out = await control(request, "heal")
-    return web.json_response(out)
+    return json_response(out)
 
 
 async def release(request: web.Request) -> web.Response:
@@ -74,7 +75,7 @@ async def release(request: web.Request) -> web.Response:
             worker_id=worker_id,
             state=out.get("state"),
         )
-    return web.json_response(out)
+    return json_response(out)
 
 
 def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -128,6 +129,6 @@ async def history(request: web.Request) -> web.Response:
             await psub.unsubscribe()
             await js.delete_consumer(names.events_stream, info.name)
     newest_first = list(reversed(keep))[offset : offset + limit]
-    return web.json_response(
+    return json_response(
         {"events": newest_first, "count": len(newest_first), "offset": offset, "total": total}
     )

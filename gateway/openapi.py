@@ -6,6 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.jsonio import json_response
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -200,4 +202,4 @@ def document(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str, 
 
 
 async def openapi_view(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    return json_response(document())

@@ -16,6 +16,7 @@ from foundry.errors import BrokerUnavailable, InvalidAgentType
 from foundry.messages import MSG_ID_HEADER, QUEUED, TASK_ID_HINT, Task, valid_task_id
 from foundry.names import validate_agent_type
 from gateway.errors import ApiError, bad_request
+from gateway.jsonio import json_response
 from gateway.keys import JS, NC, SETTINGS, STORE, VIEW
 
 MAX_WAIT_SECONDS = 300.0
@@ -156,7 +157,7 @@ async def submit(request: web.Request) -> web.Response:
     }
     if record is not None:
         body["task_status"] = record.status
-    return web.json_response(body, status=202)
+    return json_response(body, status=202)
 
 
 def _wait_seconds(request: web.Request) -> float:
@@ -198,4 +199,4 @@ async def get_task(request: web.Request) -> web.Response:
             "record expired (FOUNDRY_RESULT_TTL)",
             task_id=task_id,
         )
-    return web.json_response(record.to_json())
+    return json_response(record.to_json())

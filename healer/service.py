@@ -10,6 +10,7 @@ import socket
 import time
 from typing import Any
 
+import psutil
 import redis.asyncio as aioredis
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -185,7 +186,11 @@ class HealerService:
         await self.emit(
             "kill_silent", slot=slot, reason="silent", pid=slot.pid, silent_seconds=round(silent, 3)
         )
-        task = asyncio.create_task(self.supervisor.terminate(slot, "silent", KILL_GRACE))
+        grace = KILL_GRACE
+        with contextlib.suppress(psutil.Error, TypeError):
+            if psutil.Process(slot.pid).status() == psutil.STATUS_STOPPED:
+                grace = 0.0  # a stopped process cannot act on SIGTERM: kill it now
+        task = asyncio.create_task(self.supervisor.terminate(slot, "silent", grace))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

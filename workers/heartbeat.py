@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 
 import psutil
 from nats.aio.client import Client as NATS
@@ -35,22 +34,28 @@ class HeartbeatSender:
         self.lag = 0.0
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)
+        self._rss = 0
+        self._cpu = 0.0
 
-    def fill(self, beat: Heartbeat) -> Heartbeat:
-        """Add process figures (rss, cpu, loop lag, sent_at) to a snapshot."""
-        try:
-            beat.rss_bytes = int(self._proc.memory_info().rss)
-            beat.cpu_percent = float(self._proc.cpu_percent(None))
-        except psutil.Error:  # pragma: no cover - our own process
-            pass
+    def fill(self, beat: Heartbeat, refresh: bool = True) -> Heartbeat:
+        """Add process figures (rss, cpu, loop lag, sent_at) to a snapshot; ``refresh=False``
+        (the extra beats that announce new tasks) reuses the last rss and cpu readings."""
+        if refresh:
+            try:
+                self._rss = int(self._proc.memory_info().rss)
+                self._cpu = float(self._proc.cpu_percent(None))
+            except psutil.Error:  # pragma: no cover - our own process
+                pass
+        beat.rss_bytes = self._rss
+        beat.cpu_percent = self._cpu
         beat.loop_lag_seconds = round(self.lag, 6)
         beat.sent_at = time.time()
         return beat
 
-    async def send_once(self) -> None:
-        beat = self.fill(self.snapshot())
+    async def send_once(self, refresh: bool = True) -> None:
+        beat = self.fill(self.snapshot(), refresh)
         try:
-            await self.nc.publish(self.subject, codec.dumps(asdict(beat)))
+            await self.nc.publish(self.subject, codec.dumps(beat))
         except Exception as exc:  # disconnected: the next beat tries again
             log.debug("heartbeat not sent: %s", exc)
 

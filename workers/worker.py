@@ -110,6 +110,7 @@ class Worker:
         self._cache_ok.set()
         self._draining = asyncio.Event()
         self._beat: HeartbeatSender | None = None
+        self._leases: dict[int, Msg] = {}  # stream seq → message whose handler is running
         self.nc: NATS
         self.js: JetStreamContext
         self.redis: aioredis.Redis
@@ -129,6 +130,7 @@ class Worker:
         )
         self._beat = beat
         beat_task = spawn(beat.run(), self._tasks)
+        lease_task = spawn(self._keep_leases(), self._tasks)
         psub = await self.js.pull_subscribe_bind(
             durable=self.names.consumer(self.agent_type), stream=self.names.tasks_stream
         )
@@ -146,6 +148,7 @@ class Worker:
         self.state = "stopped"
         await beat.send_once()
         beat_task.cancel()
+        lease_task.cancel()
         with contextlib.suppress(Exception):
             await psub.unsubscribe()
 
@@ -229,7 +232,7 @@ class Worker:
         healer still knows what it held, and can redeliver it at once or dead-letter it."""
         if self._beat is None:
             return
-        await self._beat.send_once()
+        await self._beat.send_once(refresh=False)
         with contextlib.suppress(Exception):
             await self.nc.flush(timeout=1)
 
@@ -316,10 +319,11 @@ class Worker:
             settings=self.settings,
             _progress=progress,
         )
-        lease = spawn(self._keep_lease(msg), self._tasks)
+        self._leases[entry.stream_seq] = msg
         started = time.monotonic()
         try:
-            result = await asyncio.wait_for(self.handler(ctx), self.settings.task_timeout)
+            async with asyncio.timeout(self.settings.task_timeout):
+                result = await self.handler(ctx)
             return COMPLETED, result, None, time.monotonic() - started
         except RetryableError as exc:
             delay = exc.delay if exc.delay is not None else self.settings.retry_delay
@@ -338,7 +342,7 @@ class Worker:
         except Exception as exc:
             return FAILED, None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
         finally:
-            lease.cancel()
+            self._leases.pop(entry.stream_seq, None)
 
     async def _finish(
         self, msg: Msg, entry: InFlight, status: str, result: Any, error: str | None, took: float
@@ -401,11 +405,20 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _keep_lease(self, msg: Msg) -> None:
+    async def _keep_leases(self) -> None:
+        """One loop for the whole worker: extend the lease of every handler still running
+        after a third of ``ack_wait`` (a task per handler costs more than the work here)."""
         period = max(0.2, self.settings.ack_wait / 3)
+        since: dict[int, float] = {}
         while True:
-            await asyncio.sleep(period)
-            await self._safe(msg.in_progress())
+            await asyncio.sleep(period / 4)
+            now = time.monotonic()
+            for seq in [s for s in since if s not in self._leases]:
+                del since[seq]
+            for seq, msg in list(self._leases.items()):
+                if now - since.setdefault(seq, now) >= period:
+                    since[seq] = now
+                    await self._safe(msg.in_progress())
 
     async def _event(self, status: str, task_id: str, **fields: Any) -> None:
         body = codec.dumps(
