@@ -1,0 +1,83 @@
+"""Latency at a fixed offered load, open loop, from each task's scheduled send time.
+
+Task i is due at ``t0 + i / rate`` and is sent then, whatever happened to
+earlier tasks; its latency runs from that due time (not from when it was
+actually sent) to its completion notice, so a stalled sender or a backlog
+shows up in the figures instead of hiding (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from bench.stats import summary
+from bench.workload import Completions, Target, make_tasks, publish, settle
+
+
+@dataclass
+class Latency:
+    system: str
+    rate: float
+    seconds: float
+    sent: int
+    completed: int
+    latency_ms: dict[str, float]
+    send_lag_ms: dict[str, float]
+    publish_failures: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run(
+    nc: NATS,
+    js: JetStreamContext,
+    target: Target,
+    rate: float,
+    seconds: float,
+    prefix: str,
+    drain: float = 10.0,
+) -> Latency:
+    tasks = make_tasks(prefix, max(1, int(rate * seconds)))
+    completions = await Completions(target.parse_done).start(nc, target.done_subject)
+    ids = [task_id for task_id, _ in tasks]
+    completions.expect(ids)
+    futures = []
+    lags: list[float] = []
+    try:
+        t0 = time.perf_counter() + 0.05
+        i = 0
+        while i < len(tasks):
+            now = time.perf_counter()
+            while i < len(tasks) and t0 + i / rate <= now:
+                task_id, data = tasks[i]
+                lags.append(time.perf_counter() - (t0 + i / rate))
+                futures.append(await publish(js, target.subject, task_id, data))
+                i += 1
+            if i < len(tasks):
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+        await completions.wait(drain)
+        failures = await settle(futures, 5.0)
+    finally:
+        await completions.stop()
+    latencies = [
+        (completions.first[task_id] - (t0 + n / rate)) * 1000
+        for n, task_id in enumerate(ids)
+        if task_id in completions.first
+    ]
+    return Latency(
+        system=target.name,
+        rate=rate,
+        seconds=seconds,
+        sent=len(tasks),
+        completed=len(latencies),
+        latency_ms=summary(latencies),
+        send_lag_ms=summary([x * 1000 for x in lags]),
+        publish_failures=failures,
+    )
