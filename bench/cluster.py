@@ -42,6 +42,7 @@ class ClusterOptions:
     stable_after: float = 1.0
     max_restarts: int = 1000
     pythonpath: tuple[Path, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = ()  # --env FOUNDRY_X=Y: tuning experiments
 
     def overrides(self) -> dict[str, str]:
         """The settings that differ from the defaults, as environment variables."""
@@ -50,6 +51,7 @@ class ClusterOptions:
             "FOUNDRY_STABLE_AFTER": f"{self.stable_after:g}",
             "FOUNDRY_MAX_RESTARTS": str(self.max_restarts),
             "FOUNDRY_DRAIN_TIMEOUT": "2",
+            **dict(self.extra_env),
         }
 
 
@@ -146,7 +148,10 @@ class FoundryCluster:
         Returns the seconds from launch to ready.
         """
         await self.beats.start(nc, self.names.heartbeat(AGENT_TYPE, "*"))
-        env = child_env(self.settings.to_env(), list(self.options.pythonpath))
+        env = child_env(
+            {**self.settings.to_env(), **dict(self.options.extra_env)},
+            list(self.options.pythonpath),
+        )
         started = time.perf_counter()
         self.infra.procs.adopt_run_dir(self.settings.data_dir / "run")
         self.proc = self.infra.procs.start(

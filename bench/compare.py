@@ -2,14 +2,17 @@
 
 Each variant runs the same NATS throughput batch (and, for Foundry, an HTTP
 batch through the gateway) on a freshly started fleet; variants alternate for
-``rounds`` rounds and the best run of each counts. Each Foundry variant is
-checked to have really loaded (or not) uvloop and orjson/msgspec, from the
-worker's memory map.
+``rounds`` rounds and the best run of each counts. Besides tasks per second,
+which other processes' load disturbs, each run reports the CPU time the
+workers (and the gateway) spent per task, which it disturbs much less. Each
+Foundry variant is checked to have really loaded (or not) uvloop and
+orjson/msgspec, from the worker's memory map.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +21,9 @@ import psutil
 from bench.baseline import Baseline
 from bench.cluster import AGENT_TYPE, ClusterOptions, FoundryCluster
 from bench.infra import Infra
+from bench.machine import LoadWatch
 from bench.phases import http, throughput
+from bench.phases.footprint import CpuMeter
 from bench.session import Session
 from bench.variants import BASELINE_VARIANTS, FOUNDRY_VARIANTS, Variant
 from bench.workload import make_tasks
@@ -36,13 +41,36 @@ def loaded(pid: int) -> dict[str, bool]:
     }
 
 
+def _workers_us(meter: CpuMeter, tasks: int) -> float | None:
+    return meter.per_task_us(tasks).get("workers")
+
+
+BEST_MAX = ("nats_tasks_per_second", "http_tasks_per_second")
+BEST_MIN = ("nats_worker_cpu_us", "nats_total_cpu_us", "http_gateway_cpu_us", "http_total_cpu_us")
+
+
 @dataclass
 class Compare:
     tasks: int
     rounds: int
     workers: int
     http_clients: int
+    watch: LoadWatch
+    baseline_variants: tuple[Variant, ...] = BASELINE_VARIANTS
+    foundry_variants: tuple[Variant, ...] = FOUNDRY_VARIANTS
+    extra_env: tuple[tuple[str, str], ...] = ()
     out: dict[str, Any] = field(default_factory=dict)
+
+    async def _measured(
+        self, name: str, pids: dict[str, int], run: Any
+    ) -> tuple[Any, CpuMeter, float]:
+        """Run ``run()`` with a CPU meter over ``pids`` and load marks around it."""
+        meter = CpuMeter({**pids, "bench client": os.getpid()}).start()
+        await asyncio.to_thread(self.watch.mark, name + "<")
+        result = await run()
+        await asyncio.to_thread(self.watch.mark, name + ">")
+        meter.stop()
+        return result, meter, round(self.watch.others_cores(name + "<", name + ">"), 2)
 
     async def run(self) -> dict[str, Any]:
         infra = await asyncio.to_thread(Infra.start)
@@ -50,24 +78,24 @@ class Compare:
         runs: dict[str, list[dict[str, Any]]] = {}
         try:
             for r in range(self.rounds):
-                for variant in BASELINE_VARIANTS:
+                for variant in self.baseline_variants:
                     row = await self._baseline(infra, session, variant, r)
                     runs.setdefault(f"baseline {variant.name}", []).append(row)
-                for variant in FOUNDRY_VARIANTS:
+                for variant in self.foundry_variants:
                     row = await self._foundry(infra, session, variant, r)
                     runs.setdefault(f"foundry {variant.name}", []).append(row)
         finally:
             await session.close()
             await asyncio.to_thread(infra.close)
         self.out["runs"] = runs
-        self.out["best"] = {
-            name: {
-                key: max(r[key] for r in rows)
-                for key in ("nats_tasks_per_second", "http_tasks_per_second")
-                if rows[0].get(key) is not None
-            }
-            for name, rows in runs.items()
-        }
+        best: dict[str, dict[str, float]] = {}
+        for name, rows in runs.items():
+            best[name] = {}
+            for key in (*BEST_MAX, *BEST_MIN):
+                values = [r[key] for r in rows if r.get(key) is not None]
+                if values:
+                    best[name][key] = max(values) if key in BEST_MAX else min(values)
+        self.out["best"] = best
         return self.out
 
     async def _baseline(self, infra: Infra, s: Session, variant: Variant, r: int) -> dict[str, Any]:
@@ -76,31 +104,49 @@ class Compare:
             await fleet.start(s.nc)
             prefix = f"cb-{variant.name}-{r}"
             await throughput.run(s.nc, s.js, s.redis, fleet.target, make_tasks(prefix + "w", 300))
-            res = await throughput.run(
-                s.nc, s.js, s.redis, fleet.target, make_tasks(prefix, self.tasks)
+            pids = {f"baseline-{i}": p for i, p in enumerate(fleet.pids())}
+            tasks = make_tasks(prefix, self.tasks)
+            res, meter, others = await self._measured(
+                prefix,
+                {**pids, **infra.server_pids()},
+                lambda: throughput.run(s.nc, s.js, s.redis, fleet.target, tasks),
             )
         finally:
             await asyncio.to_thread(fleet.stop)
-        return {"nats_tasks_per_second": round(res.per_second, 1), "missing": res.missing}
+        total = sum(meter.per_task_us(res.completed).values())
+        return {
+            "nats_tasks_per_second": round(res.per_second, 1),
+            "nats_worker_cpu_us": _workers_us(meter, res.completed),
+            "nats_total_cpu_us": round(total, 1),
+            "nats_others_cores": others,
+            "missing": res.missing,
+        }
 
     async def _foundry(self, infra: Infra, s: Session, variant: Variant, r: int) -> dict[str, Any]:
-        label = f"{variant.name}-r{r}".replace("+", "-")
+        code = f"-{variant.code.name}" if variant.code else ""
+        label = f"{variant.loop}-{variant.codec}{code}-r{r}"
         options = ClusterOptions(
-            workers=self.workers, label=label, pythonpath=variant.shims(infra.root)
+            workers=self.workers,
+            label=label,
+            pythonpath=variant.shims(infra.root),
+            extra_env=self.extra_env,
         )
         cluster = FoundryCluster(infra, options)
         try:
             await cluster.start(s.nc)
-            pids = await cluster.pids(s.nc)
+            pids = {**await cluster.pids(s.nc), **infra.server_pids()}
             prefix = f"cf-{label}"
             target = cluster.target
             await throughput.run(s.nc, s.js, s.redis, target, make_tasks(prefix + "w", 300))
-            nats_run = await throughput.run(
-                s.nc, s.js, s.redis, target, make_tasks(prefix, self.tasks)
+            tasks = make_tasks(prefix, self.tasks)
+            nats_run, nats_cpu, nats_others = await self._measured(
+                prefix, pids, lambda: throughput.run(s.nc, s.js, s.redis, target, tasks)
             )
             bodies = http.bodies(prefix + "h", max(1, self.tasks // 2), AGENT_TYPE)
-            http_run = await http.run(
-                s.nc, s.redis, target, cluster.gateway, bodies, self.http_clients
+            http_run, http_cpu, http_others = await self._measured(
+                prefix + "h",
+                pids,
+                lambda: http.run(s.nc, s.redis, target, cluster.gateway, bodies, self.http_clients),
             )
             modules = {
                 "worker": loaded(pids[f"{AGENT_TYPE}-0"]),
@@ -108,36 +154,59 @@ class Compare:
             }
         finally:
             await cluster.stop()
+        nats_us = nats_cpu.per_task_us(nats_run.completed)
+        http_us = http_cpu.per_task_us(http_run.completed)
         return {
             "nats_tasks_per_second": round(nats_run.per_second, 1),
+            "nats_worker_cpu_us": nats_us.get("workers"),
+            "nats_total_cpu_us": round(sum(nats_us.values()), 1),
+            "nats_others_cores": nats_others,
             "http_tasks_per_second": round(http_run.per_second, 1),
+            "http_gateway_cpu_us": http_us.get("gateway"),
+            "http_total_cpu_us": round(sum(http_us.values()), 1),
+            "http_others_cores": http_others,
             "missing": nats_run.missing + http_run.missing,
             "loaded": modules,
         }
 
 
+def _ratio(value: float | None, ref: float | None) -> str:
+    return f"{value / ref:.2f}×" if value and ref else "—"
+
+
+def _cell(value: float | None, ref: float | None) -> str:
+    return f"{value:,.0f} ({_ratio(value, ref)})" if value else "—"
+
+
 def render(result: dict[str, Any]) -> str:
     best = result["best"]
-    ref_b = best.get("baseline uvloop+orjson", {}).get("nats_tasks_per_second") or 0.0
-    ref_f = best.get("foundry uvloop+orjson", {})
+    refs = {
+        "baseline": best.get("baseline uvloop+orjson", {}),
+        "foundry": best.get("foundry uvloop+orjson", {}),
+    }
     lines = [
         f"uvloop / JSON codec comparison — {result['tasks']:,} tasks per NATS run, "
-        f"best of {result['rounds']} round(s)",
+        f"{result['tasks'] // 2:,} through HTTP; best of {result['rounds']} round(s); "
+        "(×: relative to uvloop+orjson; CPU is µs per task, lower is better)"
+        + (f"; cluster env {result['env']}" if result.get("env") else ""),
         "",
-        "| system, loop + codec | NATS tasks/s | vs default | HTTP tasks/s | vs default |",
-        "|---|---|---|---|---|",
+        "| system, loop + codec | NATS tasks/s | worker CPU | all processes' CPU "
+        "| HTTP tasks/s | gateway CPU | all processes' CPU |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, vals in best.items():
-        nats_tps = vals.get("nats_tasks_per_second", 0.0)
-        ref = ref_b if name.startswith("baseline") else ref_f.get("nats_tasks_per_second", 0.0)
-        http_tps = vals.get("http_tasks_per_second")
-        ref_h = ref_f.get("http_tasks_per_second") or 0.0
-        lines.append(
-            f"| {name} | {nats_tps:,.0f} | {nats_tps / ref if ref else 0:.2f}× | "
-            + (
-                f"{http_tps:,.0f} | {http_tps / ref_h if ref_h else 0:.2f}× |"
-                if http_tps
-                else "— | — |"
+        ref = refs[name.split()[0]]
+        name = name.replace(" @", " from ")
+        cells = [
+            _cell(vals.get(key), ref.get(key))
+            for key in (
+                "nats_tasks_per_second",
+                "nats_worker_cpu_us",
+                "nats_total_cpu_us",
+                "http_tasks_per_second",
+                "http_gateway_cpu_us",
+                "http_total_cpu_us",
             )
-        )
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

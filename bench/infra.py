@@ -71,6 +71,8 @@ class Procs:
         env: Mapping[str, str],
         executable: str = sys.executable,
     ) -> subprocess.Popen[bytes]:
+        """Start a child in the run's folder: ``python -m`` then imports from ``PYTHONPATH``
+        (shims, ``--code`` copies, then this checkout), not from the current directory."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
@@ -79,7 +81,7 @@ class Procs:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=str(ROOT),
+                cwd=str(self.log_dir.parent),
                 start_new_session=True,
             )
         self.procs.append(proc)

@@ -8,6 +8,7 @@ HTTP_TARGET = 3000.0
 P99_TARGET_MS = 10.0
 P99_TARGET_RATE = 200.0
 KILL_MEDIAN_TARGET = 1.0
+STAGES = ("due_to_claimed", "claimed_to_stored", "stored_to_notice")
 
 
 def _n(x: float) -> str:
@@ -85,9 +86,17 @@ def _latency_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         text = f"p50 {lat['p50']:.1f} · p99 {lat['p99']:.1f} · max {lat['max']:.1f} ms"
         if f["completed"] < f["sent"]:
             text += f" ({f['sent'] - f['completed']} not completed)"
+        stages = f.get("stages_ms") or {}
+        if stages:
+            p99 = [stages[k].get("p99", 0.0) for k in STAGES if k in stages]
+            text += (
+                " (p99 of stages: to claim {:.1f}, claim → stored {:.1f}, → event {:.1f})".format(
+                    *p99
+                )
+            )
         if b is not None:
             bl = b["latency_ms"]
-            text += f" (baseline {bl['p50']:.1f} · {bl['p99']:.1f} · {bl['max']:.1f})"
+            text += f"; baseline {bl['p50']:.1f} · {bl['p99']:.1f} · {bl['max']:.1f}"
         text += f"; others {f['others_cores']:.2f} cores"
         ok = lat["p99"] < P99_TARGET_MS if rate == P99_TARGET_RATE else None
         target = f"p99 < {P99_TARGET_MS:g} ms" if rate == P99_TARGET_RATE else "—"

@@ -5,6 +5,7 @@
     python -m bench --profile          # also sample a worker and the gateway with py-spy
     python -m bench --codec-compare    # uvloop / orjson / msgspec / json, baseline and Foundry
     python -m bench --code /tmp/copy   # run the services from a scratch copy of the code
+    python -m bench --ab /tmp/copy     # Foundry as is vs from that copy (repeatable), 3 rounds
 
 Exit codes: 0 the run completed (targets are reported, not asserted); 1 it failed.
 """
@@ -29,6 +30,7 @@ from bench.infra import ROOT
 from bench.machine import LoadWatch, top_others, versions
 from bench.plan import FULL, QUICK, scaled
 from bench.suite import Suite, SuiteOptions
+from bench.variants import DEFAULT, Variant
 from foundry import codec
 
 RESULTS = ROOT / "bench" / "results"
@@ -46,13 +48,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="py-spy a worker and the gateway")
     parser.add_argument("--codec-compare", action="store_true", help="uvloop / codec variants")
     parser.add_argument("--code", type=Path, default=None, help="run services from this copy")
+    parser.add_argument(
+        "--ab",
+        type=Path,
+        action="append",
+        default=[],
+        help="compare Foundry as is with Foundry from this copy of the code (repeatable)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="FOUNDRY_X=VALUE",
+        help="extra setting for the cluster under test (repeatable), e.g. a tuning experiment",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
     args = parser.parse_args(argv)
     if args.tasks is not None and args.tasks < 1:
         parser.error("--tasks must be at least 1")
-    if args.code is not None and not (args.code / "workers").is_dir():
-        parser.error(f"--code {args.code}: no workers/ package there")
+    for item in args.env:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.startswith("FOUNDRY_"):
+            parser.error(f"--env {item!r}: expected FOUNDRY_NAME=VALUE")
+    args.env = tuple(tuple(item.split("=", 1)) for item in args.env)
+    for flag, path in (("--code", args.code), *(("--ab", p) for p in args.ab)):
+        if path is not None and not (path / "workers").is_dir():
+            parser.error(f"{flag} {path}: no workers/ package there")
     return args
 
 
@@ -62,6 +84,7 @@ async def _suite(args: argparse.Namespace, stamp: str) -> tuple[dict[str, Any], 
         plan = replace(plan, rounds=args.rounds)
     options = SuiteOptions(
         pythonpath=(args.code.resolve(),) if args.code else (),
+        extra_env=args.env,
         profile_dir=args.out / f"profile-{stamp}" if args.profile else None,
         keep=args.keep,
     )
@@ -80,9 +103,16 @@ async def _compare(args: argparse.Namespace) -> tuple[dict[str, Any], LoadWatch]
     watch = LoadWatch()
     watch.start()
     tasks = args.tasks or (1000 if args.quick else 10_000)
-    rounds = args.rounds or (1 if args.quick else 2)
-    result = await compare.Compare(tasks, rounds, workers=2, http_clients=64).run()
-    result.update({"mode": "codec-compare", "tasks": tasks, "rounds": rounds})
+    rounds = args.rounds or (1 if args.quick else (3 if args.ab else 2))
+    job = compare.Compare(tasks, rounds, workers=2, http_clients=64, watch=watch)
+    job.extra_env = args.env
+    if args.ab:
+        job.baseline_variants = (DEFAULT,)
+        copies = tuple(Variant("uvloop", "orjson", path.resolve()) for path in args.ab)
+        job.foundry_variants = (DEFAULT, *copies)
+    result = await job.run()
+    mode = "ab" if args.ab else "codec-compare"
+    result.update({"mode": mode, "tasks": tasks, "rounds": rounds, "env": dict(args.env)})
     return result, watch
 
 
@@ -95,7 +125,7 @@ async def amain(args: argparse.Namespace) -> int:
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     load_start = await asyncio.to_thread(top_others, 1.0)
     info = await asyncio.to_thread(versions)
-    if args.codec_compare:
+    if args.codec_compare or args.ab:
         result, watch = await _compare(args)
     else:
         result, watch = await _suite(args, stamp)
@@ -112,12 +142,12 @@ async def amain(args: argparse.Namespace) -> int:
             "duration_seconds": round(time.monotonic() - clock, 1),
         }
     )
-    text = compare.render(result) if args.codec_compare else report.render(result)
+    comparing = args.codec_compare or args.ab
+    text = compare.render(result) if comparing else report.render(result)
     args.out.mkdir(parents=True, exist_ok=True)
-    kind = "compare" if args.codec_compare else result["mode"]
-    path = args.out / f"bench-{kind}-{stamp}.json"
+    path = args.out / f"bench-{result['mode']}-{stamp}.json"
     path.write_bytes(codec.dumps(result))
-    if args.codec_compare:
+    if comparing:
         text += "\n\n" + report.load_note(result)
     print(text)
     print(f"\nfinished in {result['duration_seconds']:.0f} s; JSON: {path}")

@@ -31,6 +31,7 @@ from bench.workload import Target, make_tasks
 @dataclass
 class SuiteOptions:
     pythonpath: tuple[Path, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = ()
     profile_dir: Path | None = None
     keep: bool = False
 
@@ -74,6 +75,7 @@ class Suite:
             heartbeat_interval=self.plan.heartbeat_interval,
             silence_timeout=self.plan.silence_timeout,
             pythonpath=self.options.pythonpath,
+            extra_env=self.options.extra_env,
         )
 
     async def _measure(
@@ -178,7 +180,7 @@ class Suite:
             for name, target, _ in systems:
                 mark = f"lat-{name}-{rate:g}"
                 await self._phase(mark + "<")
-                result = await latency.run(s.nc, s.js, target, rate, seconds, mark)
+                result = await latency.run(s.nc, s.js, s.redis, target, rate, seconds, mark)
                 await self._phase(mark + ">")
                 row = result.to_json()
                 row["others_cores"] = round(self.watch.others_cores(mark + "<", mark + ">"), 2)

@@ -61,20 +61,23 @@ def loads(data):
 class Variant:
     loop: str  # uvloop | asyncio
     codec: str  # orjson | json | msgspec
+    code: Path | None = None  # run the services from this copy of the code (--ab)
 
     @property
     def name(self) -> str:
-        return f"{self.loop}+{self.codec}"
+        where = f" @{self.code}" if self.code else ""
+        return f"{self.loop}+{self.codec}{where}"
 
     @property
     def is_default(self) -> bool:
         return self.loop == "uvloop" and self.codec == "orjson"
 
     def shims(self, root: Path) -> tuple[Path, ...]:
-        """Write this variant's stand-in packages under ``root``; the folder to prepend."""
+        """Write this variant's stand-in packages under ``root``; the folders to prepend."""
+        code = (self.code,) if self.code else ()
         if self.is_default:
-            return ()
-        folder = root / "shims" / self.name
+            return code
+        folder = root / "shims" / f"{self.loop}-{self.codec}"
         if self.loop == "asyncio":
             (folder / "uvloop").mkdir(parents=True, exist_ok=True)
             (folder / "uvloop" / "__init__.py").write_text(NO_UVLOOP)
@@ -82,7 +85,7 @@ class Variant:
             source = ORJSON_ON_STDLIB if self.codec == "json" else ORJSON_ON_MSGSPEC
             (folder / "orjson").mkdir(parents=True, exist_ok=True)
             (folder / "orjson" / "__init__.py").write_text(source)
-        return (folder,)
+        return (folder, *code)
 
 
 DEFAULT = Variant("uvloop", "orjson")

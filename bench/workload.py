@@ -42,6 +42,8 @@ def make_tasks(prefix: str, count: int) -> list[tuple[str, bytes]]:
 
 
 StatusOf = Callable[[aioredis.Redis, list[str]], Awaitable[list[str | None]]]
+# (started_at, finished_at) as wall-clock seconds, from the system's own records
+TimelineOf = Callable[[aioredis.Redis, list[str]], Awaitable[list[tuple[float, float] | None]]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Target:
     parse_done: Callable[[bytes], str]
     status_of: StatusOf
     running_subject: str | None = None
+    timeline_of: TimelineOf | None = None
 
 
 def _event_task_id(data: bytes) -> str:
@@ -68,6 +71,15 @@ def foundry_target(names: Names, agent_type: str) -> Target:
             raw = await pipe.execute()
         return [r.decode() if r else None for r in raw]
 
+    async def timeline_of(
+        redis: aioredis.Redis, ids: list[str]
+    ) -> list[tuple[float, float] | None]:
+        async with redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(names.task_key(task_id), "started_at", "finished_at")
+            raw = await pipe.execute()
+        return [(float(a), float(b)) if a and b else None for a, b in raw]
+
     return Target(
         "foundry",
         names.tasks(agent_type),
@@ -75,6 +87,7 @@ def foundry_target(names: Names, agent_type: str) -> Target:
         _event_task_id,
         status_of,
         names.task_event(RUNNING, agent_type),
+        timeline_of,
     )
 
 

@@ -4,15 +4,20 @@ Task i is due at ``t0 + i / rate`` and is sent then, whatever happened to
 earlier tasks; its latency runs from that due time (not from when it was
 actually sent) to its completion notice, so a stalled sender or a backlog
 shows up in the figures instead of hiding (no coordinated omission).
+
+For Foundry the task records' ``started_at`` / ``finished_at`` split each
+latency into stages: due → claimed by a worker, claimed → result stored,
+stored → completion event received.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -30,6 +35,7 @@ class Latency:
     latency_ms: dict[str, float]
     send_lag_ms: dict[str, float]
     publish_failures: int
+    stages_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +44,7 @@ class Latency:
 async def run(
     nc: NATS,
     js: JetStreamContext,
+    redis: aioredis.Redis,
     target: Target,
     rate: float,
     seconds: float,
@@ -50,6 +57,7 @@ async def run(
     completions.expect(ids)
     futures = []
     lags: list[float] = []
+    wall_offset = time.time() - time.perf_counter()
     try:
         t0 = time.perf_counter() + 0.05
         i = 0
@@ -71,7 +79,11 @@ async def run(
         for n, task_id in enumerate(ids)
         if task_id in completions.first
     ]
+    stages: dict[str, dict[str, float]] = {}
+    if target.timeline_of is not None:
+        stages = await _stages(redis, target, ids, t0, rate, wall_offset, completions.first)
     return Latency(
+        stages_ms=stages,
         system=target.name,
         rate=rate,
         seconds=seconds,
@@ -81,3 +93,30 @@ async def run(
         send_lag_ms=summary([x * 1000 for x in lags]),
         publish_failures=failures,
     )
+
+
+async def _stages(
+    redis: aioredis.Redis,
+    target: Target,
+    ids: list[str],
+    t0: float,
+    rate: float,
+    wall_offset: float,
+    done: dict[str, float],
+) -> dict[str, dict[str, float]]:
+    assert target.timeline_of is not None
+    timeline = await target.timeline_of(redis, ids)
+    to_start, running, to_notice = [], [], []
+    for n, (task_id, times) in enumerate(zip(ids, timeline, strict=True)):
+        if times is None or task_id not in done:
+            continue
+        due = t0 + n / rate + wall_offset
+        started, finished = times
+        to_start.append((started - due) * 1000)
+        running.append((finished - started) * 1000)
+        to_notice.append((done[task_id] + wall_offset - finished) * 1000)
+    return {
+        "due_to_claimed": summary(to_start),
+        "claimed_to_stored": summary(running),
+        "stored_to_notice": summary(to_notice),
+    }
