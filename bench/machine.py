@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -111,11 +112,16 @@ def _tree_cpu_seconds() -> float:
     return float(total)
 
 
+def _steal_seconds() -> float:
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
 @dataclass
 class Snapshot:
     at: float  # monotonic
-    busy: float  # the machine's busy CPU seconds
+    busy: float  # the machine's busy CPU seconds (steal included: the hypervisor's share)
     ours: float  # our process tree's CPU seconds
+    steal: float  # CPU seconds the hypervisor gave to other guests
 
 
 @dataclass
@@ -131,13 +137,20 @@ class LoadWatch:
         """Nothing runs in the background; kept for symmetry with :meth:`start`."""
 
     def mark(self, name: str) -> None:
-        self.marks[name] = Snapshot(time.monotonic(), _busy_seconds(), _tree_cpu_seconds())
+        self.marks[name] = Snapshot(
+            time.monotonic(), _busy_seconds(), _tree_cpu_seconds(), _steal_seconds()
+        )
 
     def others_cores(self, begin: str, end: str) -> float:
         """Average cores used by other processes between two marks."""
         a, b = self.marks[begin], self.marks[end]
         wall = max(1e-6, b.at - a.at)
         return max(0.0, ((b.busy - a.busy) - (b.ours - a.ours)) / wall)
+
+    def steal_cores(self, begin: str, end: str) -> float:
+        """Average cores taken by the hypervisor (part of "others")."""
+        a, b = self.marks[begin], self.marks[end]
+        return max(0.0, (b.steal - a.steal) / max(1e-6, b.at - a.at))
 
     def ours_cores(self, begin: str, end: str) -> float:
         a, b = self.marks[begin], self.marks[end]
@@ -175,6 +188,8 @@ def top_others(seconds: float = 1.0, limit: int = 4) -> dict[str, Any]:
             per[label] = per.get(label, 0.0) + delta / wall * 100
     busiest = sorted(per.items(), key=lambda kv: -kv[1])[:limit]
     return {
+        "calibration_ms": calibrate(),
+        "wakeup_us": wakeup_roundtrip_us(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "machine_busy_percent": round((busy1 - busy0) / wall * 100, 1),
         "others_percent": round(sum(per.values()), 1),
@@ -183,9 +198,57 @@ def top_others(seconds: float = 1.0, limit: int = 4) -> dict[str, Any]:
     }
 
 
+def calibrate(repeats: int = 7) -> float:
+    """Milliseconds a fixed pure-Python loop takes (best of ``repeats``).
+
+    Other guests on the same host slow a core down without showing up as load
+    here; this number does show it: compare it between runs.
+    """
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 2)
+
+
+_ECHO = "import os\nwhile (b := os.read(0, 1)):\n    os.write(1, b)\n"
+
+
+def wakeup_roundtrip_us(count: int = 2000) -> float:
+    """Median microseconds of a one-byte ping-pong with a child process over pipes.
+
+    Each round trip is two syscalls and two wake-ups across processes, the
+    kind of work a broker round trip costs; on a virtual machine it slows down
+    when the host is busy even if this guest looks idle.
+    """
+    with subprocess.Popen(
+        [sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None
+        out, back = child.stdin.fileno(), child.stdout.fileno()
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            os.write(out, b"x")
+            os.read(back, 1)
+            samples.append(time.perf_counter() - started)
+        child.stdin.close()
+        child.wait(5)
+    samples.sort()
+    return round(samples[len(samples) // 2] * 1e6, 1)
+
+
 def describe_load(sample: dict[str, Any]) -> str:
     busiest = ", ".join(f"{b['process']} {b['cpu_percent']:.0f}%" for b in sample["busiest"])
     la = " ".join(f"{x:.2f}" for x in sample["loadavg"])
-    return f"load average {la}; other processes {sample['others_percent']:.0f}% of one core" + (
+    text = f"load average {la}; other processes {sample['others_percent']:.0f}% of one core" + (
         f" ({busiest})" if busiest else ""
     )
+    if "calibration_ms" in sample:
+        text += f"; CPU speed check {sample['calibration_ms']:.1f} ms"
+    if "wakeup_us" in sample:
+        text += f", wake-up round trip {sample['wakeup_us']:.0f} µs"
+    return text

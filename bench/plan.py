@@ -9,8 +9,8 @@ from typing import Any
 @dataclass(frozen=True)
 class Plan:
     workers: int = 2
-    tasks: int = 20_000  # per NATS throughput run
-    rounds: int = 2  # baseline / Foundry alternate; the best run of each counts
+    tasks: int = 12_000  # per NATS throughput run
+    rounds: int = 3  # baseline / Foundry alternate; the best run of each counts
     warmup: int = 500
     http_tasks: int = 10_000
     http_clients: int = 64

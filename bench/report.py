@@ -199,8 +199,11 @@ def load_note(result: dict[str, Any]) -> str:
         f"machine load at start: {describe_load(result['load_start'])}",
         f"machine load at end:   {describe_load(result['load_end'])}",
         f"during the run other processes used {result['others_cores_run']:.2f} of "
-        f"{result['versions']['cores']} cores on average (this run used "
+        f"{result['versions']['cores']} cores on average (hypervisor steal "
+        f"{result.get('steal_cores_run', 0.0):.2f} of it; this run used "
         f"{result['ours_cores_run']:.2f}); figures are comparable only between quiet runs",
+        "(CPU speed check: a fixed Python loop; wake-up round trip: a one-byte ping-pong with a "
+        "child process; lower is faster for both; a busy host slows them without showing as load)",
     ]
     return "\n".join(lines)
 

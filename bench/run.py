@@ -139,6 +139,7 @@ async def amain(args: argparse.Namespace) -> int:
             "load_end": await asyncio.to_thread(top_others, 1.0),
             "others_cores_run": round(watch.others_cores("start", "end"), 3),
             "ours_cores_run": round(watch.ours_cores("start", "end"), 3),
+            "steal_cores_run": round(watch.steal_cores("start", "end"), 3),
             "duration_seconds": round(time.monotonic() - clock, 1),
         }
     )
