@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from bench import micro
 from bench.baseline import Baseline
 from bench.cluster import AGENT_TYPE, ClusterOptions, FoundryCluster
 from bench.infra import Infra
@@ -73,6 +74,10 @@ class Compare:
         return result, meter, round(self.watch.others_cores(name + "<", name + ">"), 2)
 
     async def run(self) -> dict[str, Any]:
+        self.out["micro"] = {
+            "codec_us": await asyncio.to_thread(micro.codec_costs),
+            "loop_us": await asyncio.to_thread(micro.loop_costs),
+        }
         infra = await asyncio.to_thread(Infra.start)
         session = await Session.open(infra)
         runs: dict[str, list[dict[str, Any]]] = {}
@@ -209,4 +214,33 @@ def render(result: dict[str, Any]) -> str:
             )
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + render_micro(result.get("micro", {}))
+
+
+def render_micro(found: dict[str, Any]) -> str:
+    """The in-process micro-measurements, as two small tables."""
+    if not found:
+        return ""
+    lines = [
+        "JSON a worker encodes and decodes per task (µs, one process, best of 3):",
+        "",
+        "| codec | decode task | encode result | encode event | encode heartbeat "
+        "(16 in flight) | worker total per task |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in found["codec_us"].items():
+        lines.append(
+            f"| {name} | {row['decode_task']:.1f} | {row['encode_result']:.1f} | "
+            f"{row['encode_event']:.1f} | {row['encode_heartbeat_16_in_flight']:.1f} | "
+            f"{row['worker_per_task']:.1f} |"
+        )
+    lines += [
+        "",
+        "Event loop (µs, loopback stream round trip and task spawn, best of 3):",
+        "",
+        "| loop | stream round trip | task spawn |",
+        "|---|---|---|",
+    ]
+    for name, row in found["loop_us"].items():
+        lines.append(f"| {name} | {row['stream_round_trip_us']:.1f} | {row['task_spawn_us']:.1f} |")
     return "\n".join(lines)
