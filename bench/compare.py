@@ -12,6 +12,7 @@ orjson/msgspec, from the worker's memory map.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from bench import micro
 from bench.baseline import Baseline
 from bench.cluster import AGENT_TYPE, ClusterOptions, FoundryCluster
 from bench.infra import Infra
+from bench.interrupt import Guard
 from bench.machine import LoadWatch
 from bench.phases import http, throughput
 from bench.phases.footprint import CpuMeter
@@ -73,25 +75,35 @@ class Compare:
         meter.stop()
         return result, meter, round(self.watch.others_cores(name + "<", name + ">"), 2)
 
-    async def run(self) -> dict[str, Any]:
+    async def _variants(
+        self, infra: Infra, session: Session, runs: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        for r in range(self.rounds):
+            for variant in self.baseline_variants:
+                row = await self._baseline(infra, session, variant, r)
+                runs.setdefault(f"baseline {variant.name}", []).append(row)
+            for variant in self.foundry_variants:
+                row = await self._foundry(infra, session, variant, r)
+                runs.setdefault(f"foundry {variant.name}", []).append(row)
+
+    async def run(self, guard: Guard) -> dict[str, Any]:
         self.out["micro"] = {
             "codec_us": await asyncio.to_thread(micro.codec_costs),
             "loop_us": await asyncio.to_thread(micro.loop_costs),
         }
         infra = await asyncio.to_thread(Infra.start)
-        session = await Session.open(infra)
         runs: dict[str, list[dict[str, Any]]] = {}
+        session: Session | None = None
         try:
-            for r in range(self.rounds):
-                for variant in self.baseline_variants:
-                    row = await self._baseline(infra, session, variant, r)
-                    runs.setdefault(f"baseline {variant.name}", []).append(row)
-                for variant in self.foundry_variants:
-                    row = await self._foundry(infra, session, variant, r)
-                    runs.setdefault(f"foundry {variant.name}", []).append(row)
+            session = await Session.open(infra)
+            await guard.run(self._variants(infra, session, runs))
         finally:
-            await session.close()
-            await asyncio.to_thread(infra.close)
+            try:
+                if session is not None:
+                    with contextlib.suppress(Exception):
+                        await session.close()
+            finally:
+                await asyncio.to_thread(infra.close)  # stops every fleet still running, by pid
         self.out["runs"] = runs
         best: dict[str, dict[str, float]] = {}
         for name, rows in runs.items():

@@ -147,6 +147,14 @@ class LoadWatch:
         wall = max(1e-6, b.at - a.at)
         return max(0.0, ((b.busy - a.busy) - (b.ours - a.ours)) / wall)
 
+    def phase_seconds(self) -> dict[str, float]:
+        """Wall time of every phase marked ``name<`` … ``name>``."""
+        return {
+            name[:-1]: round(self.marks[name[:-1] + ">"].at - snap.at, 3)
+            for name, snap in self.marks.items()
+            if name.endswith("<") and name[:-1] + ">" in self.marks
+        }
+
     def steal_cores(self, begin: str, end: str) -> float:
         """Average cores taken by the hypervisor (part of "others")."""
         a, b = self.marks[begin], self.marks[end]

@@ -7,14 +7,14 @@
     python -m bench --code /tmp/copy   # run the services from a scratch copy of the code
     python -m bench --ab /tmp/copy     # Foundry as is vs from that copy (repeatable), 3 rounds
 
-Exit codes: 0 the run completed (targets are reported, not asserted); 1 it failed.
+Exit codes: 0 the run completed (targets are reported, not asserted); 1 it failed or was
+stopped (SIGINT / SIGTERM: every process it started is stopped first).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import time
 import traceback
@@ -27,6 +27,7 @@ import uvloop
 
 from bench import compare, report
 from bench.infra import ROOT
+from bench.interrupt import Guard, Interrupted
 from bench.machine import LoadWatch, top_others, versions
 from bench.plan import FULL, QUICK, scaled
 from bench.suite import Suite, SuiteOptions
@@ -78,7 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def _suite(args: argparse.Namespace, stamp: str) -> tuple[dict[str, Any], LoadWatch]:
+async def _suite(
+    args: argparse.Namespace, stamp: str, guard: Guard
+) -> tuple[dict[str, Any], LoadWatch]:
     plan = scaled(QUICK if args.quick else FULL, args.tasks)
     if args.rounds:
         plan = replace(plan, rounds=args.rounds)
@@ -91,7 +94,7 @@ async def _suite(args: argparse.Namespace, stamp: str) -> tuple[dict[str, Any], 
     watch = LoadWatch()
     watch.start()
     suite = Suite(plan, options, watch)
-    result = await suite.run()
+    result = await suite.run(guard)
     result["plan"] = plan.to_json()
     result["mode"] = "quick" if args.quick else "full"
     if args.code:
@@ -99,7 +102,7 @@ async def _suite(args: argparse.Namespace, stamp: str) -> tuple[dict[str, Any], 
     return result, watch
 
 
-async def _compare(args: argparse.Namespace) -> tuple[dict[str, Any], LoadWatch]:
+async def _compare(args: argparse.Namespace, guard: Guard) -> tuple[dict[str, Any], LoadWatch]:
     watch = LoadWatch()
     watch.start()
     tasks = args.tasks or (1000 if args.quick else 10_000)
@@ -110,25 +113,24 @@ async def _compare(args: argparse.Namespace) -> tuple[dict[str, Any], LoadWatch]
         job.baseline_variants = (DEFAULT,)
         copies = tuple(Variant("uvloop", "orjson", path.resolve()) for path in args.ab)
         job.foundry_variants = (DEFAULT, *copies)
-    result = await job.run()
+    result = await job.run(guard)
     mode = "ab" if args.ab else "codec-compare"
     result.update({"mode": mode, "tasks": tasks, "rounds": rounds, "env": dict(args.env)})
     return result, watch
 
 
 async def amain(args: argparse.Namespace) -> int:
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    guard = Guard()
+    guard.install()
     clock = time.monotonic()
     now = datetime.now(UTC)
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     load_start = await asyncio.to_thread(top_others, 1.0)
     info = await asyncio.to_thread(versions)
     if args.codec_compare or args.ab:
-        result, watch = await _compare(args)
+        result, watch = await _compare(args, guard)
     else:
-        result, watch = await _suite(args, stamp)
+        result, watch = await _suite(args, stamp, guard)
     watch.mark("end")
     watch.stop()
     result.update(
@@ -140,6 +142,7 @@ async def amain(args: argparse.Namespace) -> int:
             "others_cores_run": round(watch.others_cores("start", "end"), 3),
             "ours_cores_run": round(watch.ours_cores("start", "end"), 3),
             "steal_cores_run": round(watch.steal_cores("start", "end"), 3),
+            "phase_seconds": watch.phase_seconds(),
             "duration_seconds": round(time.monotonic() - clock, 1),
         }
     )
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return int(uvloop.run(amain(args)))
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except (Interrupted, KeyboardInterrupt, asyncio.CancelledError):
         print("bench: interrupted; every process it started was stopped", file=sys.stderr)
         return 1
     except Exception:

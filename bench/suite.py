@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from bench.baseline import Baseline
 from bench.cluster import AGENT_TYPE, ClusterOptions, FoundryCluster
 from bench.infra import Infra
+from bench.interrupt import Guard
 from bench.machine import LoadWatch
 from bench.phases import healing, http, latency, throughput
 from bench.phases.footprint import CpuMeter, RssPeak, rss_mb
@@ -43,30 +45,41 @@ class Suite:
     watch: LoadWatch
     out: dict[str, Any] = field(default_factory=dict)
     infra: Infra | None = None
+    session: Session | None = None
+    baseline: Baseline | None = None
+    cluster: FoundryCluster | None = None
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self, guard: Guard) -> dict[str, Any]:
+        """Measure inside ``guard`` (a signal cancels that part); always clean up after."""
         infra = await asyncio.to_thread(Infra.start, self.options.keep)
         self.infra = infra
-        session: Session | None = None
-        baseline: Baseline | None = None
-        cluster: FoundryCluster | None = None
         try:
-            session = await Session.open(infra)
-            baseline = Baseline(infra, self.plan.workers)
-            await baseline.start(session.nc)
-            cluster = FoundryCluster(infra, self._cluster_options())
-            self.out["cluster_ready_seconds"] = round(await cluster.start(session.nc), 3)
-            self.out["cluster_overrides"] = cluster.options.overrides()
-            await self._measure(session, infra, baseline, cluster)
+            await guard.run(self._body(infra))
         finally:
-            if cluster is not None:
-                await cluster.stop()
-            if baseline is not None:
-                await asyncio.to_thread(baseline.stop)
-            if session is not None:
-                await session.close()
-            await asyncio.to_thread(infra.close)
+            await self._cleanup(infra)
         return self.out
+
+    async def _body(self, infra: Infra) -> None:
+        self.session = session = await Session.open(infra)
+        self.baseline = baseline = Baseline(infra, self.plan.workers)
+        await baseline.start(session.nc)
+        self.cluster = cluster = FoundryCluster(infra, self._cluster_options())
+        self.out["cluster_ready_seconds"] = round(await cluster.start(session.nc), 3)
+        self.out["cluster_overrides"] = cluster.options.overrides()
+        await self._measure(session, infra, baseline, cluster)
+
+    async def _cleanup(self, infra: Infra) -> None:
+        try:
+            if self.cluster is not None:
+                with contextlib.suppress(Exception):
+                    await self.cluster.stop()
+            if self.baseline is not None:
+                await asyncio.to_thread(self.baseline.stop)
+            if self.session is not None:
+                with contextlib.suppress(Exception):
+                    await self.session.close()
+        finally:
+            await asyncio.to_thread(infra.close)
 
     def _cluster_options(self) -> ClusterOptions:
         return ClusterOptions(
@@ -115,9 +128,10 @@ class Suite:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in systems}
         for r in range(self.plan.rounds):
             for name, target, pids in systems:
-                profile = self._profiler(roles.get(f"{AGENT_TYPE}-0"), f"worker-round{r}")
-                if name != "foundry" or r != self.plan.rounds - 1:
-                    profile = None
+                profiled = name == "foundry" and r == self.plan.rounds - 1  # the last round
+                profile = (
+                    self._profiler(roles.get(f"{AGENT_TYPE}-0"), "worker") if profiled else None
+                )
                 tasks = make_tasks(f"{name[0]}{r}", self.plan.tasks)
                 meter = CpuMeter(pids).start()
                 await self._phase(f"{name}{r}<")
