@@ -142,9 +142,13 @@ def _healing_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows.append(
         (
             f"   kill -9 ×{load['kills']} under load ({_n(load['tasks'])} tasks)",
-            f"**{load['lost']} lost**, {load['failed']} failed, {load['redelivered']} redelivered, "
+            f"**{load['lost']} lost**, {load['failed']} failed, {load['redelivered']} redelivered "
+            f"({load.get('redelivered_after_ack_wait', 0)} only after ack_wait "
+            f"{load.get('ack_wait', 0):g} s), "
             f"{load['executed_twice_or_more']} run twice, "
-            f"{load['duplicate_completions']} duplicate results; done in {load['seconds']:.1f} s",
+            f"{load['duplicate_completions']} duplicate results, "
+            f"{load.get('completed_without_event', 0)} completed without an event; "
+            f"done in {load['seconds']:.1f} s",
             "0 lost",
             _verdict(load["lost"] == 0),
         )

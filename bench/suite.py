@@ -207,13 +207,16 @@ class Suite:
         out: dict[str, Any] = {}
         try:
             await self._phase("heal<")
+            await self._phase("kill9<")
             out["kill9"] = await healing.kill9(cluster, events, self.plan.kills)
+            await self._phase("kill9>")
             if self.plan.stops:
                 out["sigstop"] = await healing.sigstop(cluster, events, self.plan.stops)
             await self._phase("load<")
             out["under_load"] = await healing.under_load(
                 s.nc, s.js, s.redis, cluster, self.plan.load_tasks, self.plan.load_kills
             )
+            await self._phase("load>")
             await self._phase("heal>")
             out["others_cores"] = round(self.watch.others_cores("heal<", "heal>"), 2)
         finally:
