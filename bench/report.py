@@ -97,6 +97,9 @@ def _latency_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if b is not None:
             bl = b["latency_ms"]
             text += f"; baseline {bl['p50']:.1f} · {bl['p99']:.1f} · {bl['max']:.1f}"
+        gc_max = f.get("client_gc_pause_ms", {}).get("max", 0.0)
+        if gc_max >= 1.0:
+            text += f"; bench client GC paused up to {gc_max:.1f} ms"
         text += f"; others {f['others_cores']:.2f} cores"
         ok = lat["p99"] < P99_TARGET_MS if rate == P99_TARGET_RATE else None
         target = f"p99 < {P99_TARGET_MS:g} ms" if rate == P99_TARGET_RATE else "—"

@@ -13,7 +13,10 @@ stored → completion event received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,9 +39,35 @@ class Latency:
     send_lag_ms: dict[str, float]
     publish_failures: int
     stages_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    client_gc_pause_ms: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextlib.contextmanager
+def quiet_gc(pauses: list[float]) -> Iterator[None]:
+    """Keep the client's own garbage collector from adding pauses to the figures.
+
+    Everything alive before the phase is frozen (never scanned again), and every
+    collection that still happens is timed into ``pauses`` (ms) for the report.
+    """
+    started: list[float] = []
+
+    def timer(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append((time.perf_counter() - started.pop()) * 1000)
+
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(timer)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(timer)
+        gc.unfreeze()
 
 
 async def run(
@@ -52,25 +81,27 @@ async def run(
     drain: float = 10.0,
 ) -> Latency:
     tasks = make_tasks(prefix, max(1, int(rate * seconds)))
-    completions = await Completions(target.parse_done).start(nc, target.done_subject)
     ids = [task_id for task_id, _ in tasks]
+    completions = await Completions(target.parse_done).start(nc, target.done_subject)
     completions.expect(ids)
-    futures = []
+    futures: list[Any] = []
     lags: list[float] = []
+    pauses: list[float] = []
     wall_offset = time.time() - time.perf_counter()
+    t0 = time.perf_counter() + 0.05
     try:
-        t0 = time.perf_counter() + 0.05
-        i = 0
-        while i < len(tasks):
-            now = time.perf_counter()
-            while i < len(tasks) and t0 + i / rate <= now:
-                task_id, data = tasks[i]
-                lags.append(time.perf_counter() - (t0 + i / rate))
-                futures.append(await publish(js, target.subject, task_id, data))
-                i += 1
-            if i < len(tasks):
-                await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
-        await completions.wait(drain)
+        with quiet_gc(pauses):
+            i = 0
+            while i < len(tasks):
+                now = time.perf_counter()
+                while i < len(tasks) and t0 + i / rate <= now:
+                    task_id, data = tasks[i]
+                    lags.append(time.perf_counter() - (t0 + i / rate))
+                    futures.append(await publish(js, target.subject, task_id, data))
+                    i += 1
+                if i < len(tasks):
+                    await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            await completions.wait(drain)
         failures = await settle(futures, 5.0)
     finally:
         await completions.stop()
@@ -83,7 +114,6 @@ async def run(
     if target.timeline_of is not None:
         stages = await _stages(redis, target, ids, t0, rate, wall_offset, completions.first)
     return Latency(
-        stages_ms=stages,
         system=target.name,
         rate=rate,
         seconds=seconds,
@@ -92,6 +122,8 @@ async def run(
         latency_ms=summary(latencies),
         send_lag_ms=summary([x * 1000 for x in lags]),
         publish_failures=failures,
+        stages_ms=stages,
+        client_gc_pause_ms=summary(pauses),
     )
 
 
