@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
+ARGS   ?=
 
 .PHONY: up test lint bench install clean prometheus-tools
 
@@ -16,6 +18,10 @@ $(STAMP): pyproject.toml
 	  else exit 1; fi; }
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint]'
 	@touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]'
+	@touch $(BENCH_STAMP)
 
 install: $(STAMP)
 
@@ -37,6 +43,10 @@ prometheus-tools:
 
 test: $(STAMP) prometheus-tools
 	$(PY) -m pytest
+
+# `make bench ARGS=--codec-compare`, `ARGS=--profile`, `ARGS=--quick`: see python -m bench --help
+bench: $(BENCH_STAMP)
+	$(PY) -m bench $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

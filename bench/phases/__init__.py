@@ -1,0 +1,1 @@
+"""The benchmark's phases, one module each: throughput, http, latency, healing, footprint."""
