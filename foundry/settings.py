@@ -178,7 +178,7 @@ class Settings:
     fleet: dict[str, int] = _opt("FOUNDRY_FLEET", parse_fleet, None)
     data_dir: Path = _opt("FOUNDRY_DATA_DIR", Path, Path(".foundry"))
     result_ttl: int = _opt("FOUNDRY_RESULT_TTL", _positive(int), 86400)
-    ack_wait: float = _opt("FOUNDRY_ACK_WAIT", _positive(float, 0.5, strict=False), 30.0)
+    ack_wait: float = _opt("FOUNDRY_ACK_WAIT", _positive(float, 0.5, strict=False), 10.0)
     max_deliver: int = _opt("FOUNDRY_MAX_DELIVER", _positive(int, 1, strict=False), 5)
     max_ack_pending: int = _opt("FOUNDRY_MAX_ACK_PENDING", _positive(int), 1000)
     max_task_bytes: int = _opt("FOUNDRY_MAX_TASK_BYTES", _positive(int), 1024 * 1024)

@@ -278,6 +278,9 @@ class Worker:
         if claim is None:
             return
         if claim in FINAL_STATUSES:  # a duplicate delivery of a finished task
+            # its worker may have died between storing the result and announcing it:
+            # announce again so long-polls wake, then ack
+            await self._event(claim, task.task_id, attempt=entry.delivery, duplicate=True)
             await self._safe(msg.ack())
             return
         if claim == "stale":  # a later delivery owns this task now
