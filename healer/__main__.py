@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import urllib.request
 
 from foundry.errors import BrokerUnavailable, CacheUnavailable, ConfigError
 from foundry.runtime import (
@@ -27,6 +26,7 @@ from foundry.runtime import (
     stop_event,
 )
 from foundry.settings import Settings
+from foundry.webmain import check_health
 from healer.service import HealerService
 
 log = logging.getLogger("healer")
@@ -49,16 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         if args.check:
-            url = f"http://127.0.0.1:{settings.healer_port}/health"
-            with urllib.request.urlopen(url, timeout=3):
-                return EXIT_OK
+            return check_health("healer", "127.0.0.1", settings.healer_port)
         service = HealerService(settings, args.services, args.embedded)
     except ConfigError as exc:
         print(f"healer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except OSError as exc:
-        print(f"healer unhealthy: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
     setup_logging(settings.log_level, "healer")
 
     async def amain() -> int:
