@@ -1,15 +1,19 @@
 """What the gateway knows live: workers from heartbeats, and waiters on task completion.
 
-Long-polls (``?wait=``) wake on completion events, not by polling Redis. After a
-NATS reconnect every waiter re-reads Redis once, since events may have been
-missed while disconnected.
+Long-polls (``?wait=``) wake on completion events, not by polling Redis. The
+gateway listens to completion events only while someone waits (and for a short
+linger after), so a cluster fed over NATS does not pay for parsing events no
+one reads. After a NATS reconnect every waiter re-reads Redis once, since
+events may have been missed while disconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +24,9 @@ from nats.aio.subscription import Subscription
 from foundry import codec
 from foundry.messages import COMPLETED, DEAD, FAILED, Heartbeat
 from foundry.names import Names
+
+LINGER_SECONDS = 10.0  # keep listening this long after the last waiter left
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,15 +44,20 @@ class ClusterView:
         self.workers: dict[str, Seen] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._subs: list[Subscription] = []
+        self._final_subs: list[Subscription] = []
+        self._listening = asyncio.Lock()
+        self._linger: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._nc: NATS | None = None
 
     async def start(self, nc: NATS) -> None:
+        self._nc = nc
         self._subs.append(await nc.subscribe(self.names.heartbeat("*", "*"), cb=self._on_beat))
-        for status in (COMPLETED, FAILED, DEAD):
-            subject = self.names.task_event(status, "*")
-            self._subs.append(await nc.subscribe(subject, cb=self._on_final))
 
     async def stop(self) -> None:
-        for sub in self._subs:
+        if self._linger is not None:
+            self._linger.cancel()
+        for sub in [*self._subs, *self._final_subs]:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self.wake_all()
@@ -105,12 +117,14 @@ class ClusterView:
             if not fut.done():
                 fut.set_result(None)
 
-    @contextlib.contextmanager
-    def waiter(self, task_id: str) -> Any:
-        """Register before reading Redis, so no completion slips between read and wait."""
+    @contextlib.asynccontextmanager
+    async def waiter(self, task_id: str) -> AsyncIterator[asyncio.Future[None]]:
+        """Register and listen before reading Redis, so no completion slips between the
+        read and the wait (a worker stores the result before announcing it)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(task_id, set()).add(fut)
         try:
+            await self._listen()
             yield fut
         finally:
             group = self._waiters.get(task_id)
@@ -118,6 +132,42 @@ class ClusterView:
                 group.discard(fut)
                 if not group:
                     del self._waiters[task_id]
+            if not self._waiters and self._final_subs and self._linger is None:
+                loop = asyncio.get_running_loop()
+                self._linger = loop.call_later(LINGER_SECONDS, self._stop_listening)
+
+    async def _listen(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self._final_subs or self._nc is None:
+            return
+        async with self._listening:
+            if self._final_subs:
+                return
+            nc = self._nc
+            try:
+                for status in (COMPLETED, FAILED, DEAD):
+                    subject = self.names.task_event(status, "*")
+                    self._final_subs.append(await nc.subscribe(subject, cb=self._on_final))
+                await nc.flush(timeout=2)  # the server knows our interest before we read
+            except Exception as exc:  # NATS down: the wait ends at its deadline, re-reading
+                log.debug("not listening to completion events: %r", exc)
+
+    def _stop_listening(self) -> None:
+        self._linger = None
+        if self._waiters:
+            return
+        subs, self._final_subs = self._final_subs, []
+        task = asyncio.get_running_loop().create_task(self._unsubscribe(subs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _unsubscribe(subs: list[Subscription]) -> None:
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     def wake_all(self) -> None:
         for group in self._waiters.values():

@@ -182,7 +182,7 @@ async def get_task(request: web.Request) -> web.Response:
     store, view = request.app[STORE], request.app[VIEW]
     deadline = time.monotonic() + wait
     while True:
-        with view.waiter(task_id) as done:
+        async with view.waiter(task_id) as done:
             record = await store.get(task_id)
             remaining = deadline - time.monotonic()
             if (record is not None and record.final) or remaining <= 0:
