@@ -50,6 +50,10 @@ class DeadLetters:
         self._prune()
         poisoned = []
         for entry in in_flight:
+            if not entry.get("running", True):  # held, not running: it cannot have killed it
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(entry["reply"], b"-NAK")
+                continue
             key = (agent_type, int(entry["stream_seq"]))
             kills = self.kills.setdefault(key, [])
             kills.append({**evidence, "task_id": entry.get("task_id"), "mono": time.monotonic()})

@@ -202,7 +202,9 @@ class HealerService:
         beat = self.liveness.last(slot)
         if beat is None or not beat.in_flight:
             return
-        death.task_ids = frozenset(str(e.get("task_id")) for e in beat.in_flight)
+        death.task_ids = frozenset(
+            str(e.get("task_id")) for e in beat.in_flight if e.get("running", True)
+        )
         evidence = {
             "worker_id": slot.name,
             "pid": slot.pid,

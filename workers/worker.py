@@ -55,6 +55,7 @@ class InFlight:
     reply: str
     delivery: int
     started: float
+    running: bool = True  # False while held back (see Worker._isolate_suspects)
     progress: str | None = None  # the handler's last ctx.progress() note
     progress_at: float | None = None
 
@@ -65,6 +66,7 @@ class InFlight:
             "reply": self.reply,
             "delivery": self.delivery,
             "started_at": self.started,
+            "running": self.running,
             "progress": self.progress,
             "progress_at": self.progress_at,
         }
@@ -214,11 +216,53 @@ class Worker:
                 for msg in msgs:
                     await self._safe(msg.nak())  # let a live worker have it now
                 continue
-            entries = [self._register(msg) for msg in msgs]
+            batch = [(msg, self._register(msg)) for msg in msgs]
+            if any(entry.delivery > 1 for _, entry in batch):
+                await self._isolate_suspects(batch)
+                continue
             await self._announce()
-            for msg, entry in zip(msgs, entries, strict=True):
-                task = spawn(self._handle(msg, entry), self._tasks)
-                task.set_name(f"task:{entry.stream_seq}")
+            for msg, entry in batch:
+                self._run(msg, entry)
+
+    def _run(self, msg: Msg, entry: InFlight) -> asyncio.Task[Any]:
+        entry.running = True
+        self._leases.pop(entry.stream_seq, None)  # the handler keeps its own lease from here
+        task = spawn(self._handle(msg, entry), self._tasks)
+        task.set_name(f"task:{entry.stream_seq}")
+        return task
+
+    async def _isolate_suspects(self, batch: list[tuple[Msg, InFlight]]) -> None:
+        """Run redelivered tasks one at a time, with nothing else running beside them.
+
+        A task that kills its worker is counted by the healer for every death it was
+        running at; run alone, a redelivered task cannot make a bystander look like a
+        poison task. Held messages keep their lease and are listed (not running) in
+        heartbeats, so the healer naks them at once if this worker dies meanwhile.
+        """
+        for msg, entry in batch:
+            entry.running = False
+            self._leases[entry.stream_seq] = msg
+        await self._announce()
+        running = [t for t in self._tasks if t.get_name().startswith("task:")]
+        if running:
+            await asyncio.wait(running)
+        fresh = [(m, e) for m, e in batch if e.delivery <= 1]
+        for msg, entry in [(m, e) for m, e in batch if e.delivery > 1]:
+            if self._draining.is_set():
+                break
+            task = self._run(msg, entry)
+            await self._announce()
+            await asyncio.wait({task})
+        for msg, entry in [*fresh, *((m, e) for m, e in batch if not e.running)]:
+            if entry.running:
+                continue
+            if self._draining.is_set():
+                self._leases.pop(entry.stream_seq, None)
+                self.inflight.pop(entry.stream_seq, None)
+                await self._safe(msg.nak())  # let a live worker have it now
+                continue
+            self._run(msg, entry)
+        await self._announce()
 
     def _register(self, msg: Msg) -> InFlight:
         meta = msg.metadata
