@@ -8,10 +8,8 @@ Python child is started through :class:`Procs`, which stops it by pid
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,9 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-from foundry import codec
+from foundry.pidfiles import kill_recorded, stop_child
 from foundry.servers import ServerProcess, free_port, nats_server, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,21 +35,6 @@ def child_env(extra: Mapping[str, str], pythonpath: list[Path] | None = None) ->
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(extra)
     return env
-
-
-def stop_pid(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGCONT (it may be stopped), SIGTERM, wait ``grace``, then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(5)
 
 
 @dataclass
@@ -92,20 +73,13 @@ class Procs:
         self.run_dirs.append(path)
 
     def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-        stop_pid(proc, grace)
+        stop_child(proc, grace)
 
     def stop_all(self, grace: float = 10.0) -> None:
         for proc in reversed(self.procs):
-            stop_pid(proc, grace)
+            stop_child(proc, grace)
         for folder in self.run_dirs:
-            for pidfile in folder.glob("*.json"):
-                with contextlib.suppress(psutil.Error, ValueError, KeyError, OSError):
-                    info = codec.loads(pidfile.read_bytes())
-                    child = psutil.Process(int(info["pid"]))
-                    if abs(child.create_time() - float(info["create_time"])) < 0.01:
-                        child.send_signal(signal.SIGCONT)
-                        child.kill()
-                        child.wait(5)
+            kill_recorded(folder)
 
 
 @dataclass

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.infra import Procs, child_env, stop_pid
+from bench.infra import Procs, child_env
+from foundry.pidfiles import stop_child
 
 
 def find_py_spy() -> str:
@@ -115,7 +116,7 @@ class Profiler:
             try:
                 await asyncio.to_thread(proc.wait, 20)
             except subprocess.TimeoutExpired:
-                await asyncio.to_thread(stop_pid, proc, 1.0)
+                await asyncio.to_thread(stop_child, proc, 1.0)
         if not self.out.exists():
             return {"error": f"py-spy wrote nothing; see {self.procs.log_dir}"}
         return summarise(self.out)

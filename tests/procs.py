@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
-
+from foundry.pidfiles import kill_recorded
 from foundry.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,17 +65,6 @@ class ProcessGroup:
         """Also stop, at teardown, what a healer recorded in this run dir (it may be killed)."""
         self.run_dirs.append(path)
 
-    def _stop_recorded(self) -> None:
-        for folder in self.run_dirs:
-            for pidfile in folder.glob("*.json"):
-                with contextlib.suppress(psutil.Error, ValueError, KeyError, OSError):
-                    info = json.loads(pidfile.read_text())
-                    proc = psutil.Process(int(info["pid"]))
-                    if abs(proc.create_time() - float(info["create_time"])) < 0.01:
-                        proc.send_signal(signal.SIGCONT)
-                        proc.kill()
-                        proc.wait(5)
-
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -90,4 +77,5 @@ class ProcessGroup:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        self._stop_recorded()
+        for folder in self.run_dirs:
+            kill_recorded(folder)
