@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.heal import healer_status
+from gateway.heal import ask_healer
 from gateway.jsonio import json_response
 from gateway.keys import JS, NC, REDIS, SETTINGS, VIEW
 
@@ -19,17 +19,6 @@ async def _redis_ok(request: web.Request) -> bool:
     try:
         return bool(await asyncio.wait_for(request.app[REDIS].ping(), PROBE_TIMEOUT))
     except (RedisError, TimeoutError, OSError):
-        return False
-
-
-async def _healer_running(request: web.Request) -> bool:
-    nc = request.app[NC]
-    if not nc.is_connected:
-        return False
-    try:
-        await nc.request(request.app[SETTINGS].names.control("ping"), b"", timeout=0.5)
-        return True
-    except Exception:
         return False
 
 
@@ -47,14 +36,14 @@ async def health(request: web.Request) -> web.Response:
     nats_ok = request.app[NC].is_connected
     redis_ok, healer_ok, ready = await asyncio.gather(
         _redis_ok(request),
-        _healer_running(request),
+        ask_healer(request, "ping"),
         _streams_ready(request) if nats_ok else asyncio.sleep(0, False),
     )
     problems = [name for name, ok in (("nats", nats_ok), ("redis", redis_ok)) if not ok]
     body: dict[str, Any] = {
         "status": "healthy" if not problems else "unhealthy",
         "cluster_initialized": bool(ready),
-        "infrastructure_agent": "running" if healer_ok else "not running",
+        "infrastructure_agent": "running" if healer_ok is not None else "not running",
         "nats": "connected" if nats_ok else "unreachable",
         "redis": "connected" if redis_ok else "unreachable",
     }
@@ -87,7 +76,7 @@ async def _queues(request: web.Request) -> dict[str, dict[str, int]]:
 async def _workers(request: web.Request) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Heartbeat rows merged with the healer's slots (quarantined, backing off, starting)."""
     rows = request.app[VIEW].live_workers()
-    healer = await healer_status(request)
+    healer = await ask_healer(request, "status")
     if healer is None:
         return rows, None
     slots = {s["slot"]: s for s in healer.get("slots", [])}

@@ -22,14 +22,19 @@ HISTORY_MAX = 1000
 HISTORY_SCAN = 20_000
 
 
-async def control(request: web.Request, verb: str, body: dict[str, Any] | None = None) -> Any:
+async def control(
+    request: web.Request,
+    verb: str,
+    body: dict[str, Any] | None = None,
+    within: float = CONTROL_TIMEOUT,
+) -> Any:
     """Ask the healer over ``agents.control.<verb>``; 503 when no healer answers."""
     nc = request.app[NC]
     if not nc.is_connected:
         raise BrokerUnavailable("NATS is unreachable")
     subject = request.app[SETTINGS].names.control(verb)
     try:
-        reply = await nc.request(subject, codec.dumps(body or {}), timeout=CONTROL_TIMEOUT)
+        reply = await nc.request(subject, codec.dumps(body or {}), timeout=within)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         raise ApiError(
             503,
@@ -40,19 +45,13 @@ async def control(request: web.Request, verb: str, body: dict[str, Any] | None =
     return codec.loads(reply.data)
 
 
-async def healer_status(request: web.Request) -> dict[str, Any] | None:
-    """The healer's status reply (slots, remediation, latest host sample), or None when no
-    healer answers quickly."""
-    nc = request.app[NC]
-    if not nc.is_connected:
-        return None
-    subject = request.app[SETTINGS].names.control("status")
+async def ask_healer(request: web.Request, verb: str, within: float = 0.5) -> dict[str, Any] | None:
+    """The healer's reply, or None when none answers quickly (for views that degrade)."""
     try:
-        reply = await nc.request(subject, b"{}", timeout=0.5)
-        body = codec.loads(reply.data)
-        return body if isinstance(body, dict) else None
+        body = await control(request, verb, within=within)
     except Exception:
         return None
+    return body if isinstance(body, dict) else None
 
 
 async def heal_now(request: web.Request) -> web.Response:
