@@ -246,14 +246,15 @@ class Worker:
         running = [t for t in self._tasks if t.get_name().startswith("task:")]
         if running:
             await asyncio.wait(running)
+        suspects = [(m, e) for m, e in batch if e.delivery > 1]
         fresh = [(m, e) for m, e in batch if e.delivery <= 1]
-        for msg, entry in [(m, e) for m, e in batch if e.delivery > 1]:
+        for msg, entry in suspects:
             if self._draining.is_set():
                 break
             task = self._run(msg, entry)
             await self._announce()
             await asyncio.wait({task})
-        for msg, entry in [*fresh, *((m, e) for m, e in batch if not e.running)]:
+        for msg, entry in suspects + fresh:  # what is still held: each message once
             if entry.running:
                 continue
             if self._draining.is_set():
