@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from nats.aio.client import Client as NATS
 
@@ -194,8 +194,8 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-class Gateway:
-    """A running gateway app on a real loopback port, with an HTTP session."""
+class RunningApp:
+    """An aiohttp app served on a real loopback port, with an HTTP session."""
 
     def __init__(self, server: TestServer, session: ClientSession) -> None:
         self.server = server
@@ -205,21 +205,36 @@ class Gateway:
         return str(self.server.make_url(path))
 
 
-@pytest.fixture
-async def make_gateway() -> AsyncIterator[Callable[[Settings], Any]]:
-    started: list[Gateway] = []
+Gateway = RunningApp
 
-    async def start(settings: Settings) -> Gateway:
-        server = TestServer(create_app(settings), host="127.0.0.1")
+A = TypeVar("A", bound=RunningApp)
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[Callable[[web.Application, type[A]], Awaitable[A]]]:
+    """Start apps on loopback ports for this test; all are closed at teardown."""
+    started: list[RunningApp] = []
+
+    async def start(app: web.Application, kind: type[A]) -> A:
+        server = TestServer(app, host="127.0.0.1")
         await server.start_server()
-        gw = Gateway(server, ClientSession())
-        started.append(gw)
-        return gw
+        running = kind(server, ClientSession())
+        started.append(running)
+        return running
 
     yield start
-    for gw in started:
-        await gw.http.close()
-        await gw.server.close()
+    for running in started:
+        await running.http.close()
+        await running.server.close()
+
+
+@pytest.fixture
+def make_gateway(serve_app: Any) -> Callable[[Settings], Awaitable[Gateway]]:
+    async def start(settings: Settings) -> Gateway:
+        gw: Gateway = await serve_app(create_app(settings), Gateway)
+        return gw
+
+    return start
 
 
 @pytest.fixture

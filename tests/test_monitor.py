@@ -8,14 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,7 +23,7 @@ from foundry.hostsample import HostSample
 from foundry.servers import ServerProcess, free_port
 from foundry.settings import Settings
 from monitor import create_app
-from tests.conftest import Gateway, eventually
+from tests.conftest import Gateway, RunningApp, eventually
 from tests.procs import ROOT, ProcessGroup, child_env
 from tests.test_flow import submit
 
@@ -52,14 +49,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-@dataclass
-class RunningMonitor:
-    server: TestServer
-    http: ClientSession
-
-    def url(self, path: str) -> str:
-        return str(self.server.make_url(path))
-
+class RunningMonitor(RunningApp):
     async def metrics(self) -> Samples:
         async with self.http.get(self.url("/metrics")) as resp:
             assert resp.status == 200
@@ -75,20 +65,12 @@ def settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings
 
 
 @pytest.fixture
-async def make_monitor() -> AsyncIterator[Callable[[Settings], Any]]:
-    started: list[RunningMonitor] = []
-
+def make_monitor(serve_app: Any) -> Callable[[Settings], Any]:
     async def start(settings: Settings) -> RunningMonitor:
-        server = TestServer(create_app(settings), host="127.0.0.1")
-        await server.start_server()
-        running = RunningMonitor(server, ClientSession())
-        started.append(running)
+        running: RunningMonitor = await serve_app(create_app(settings), RunningMonitor)
         return running
 
-    yield start
-    for running in started:
-        await running.http.close()
-        await running.server.close()
+    return start
 
 
 async def next_sample(nc: NATS, settings: Settings, accept: Callable[[dict[str, Any]], bool],
