@@ -23,8 +23,10 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from foundry import codec
-from foundry.messages import COMPLETED, MSG_ID_HEADER, RUNNING
+from foundry.contracts import MSG_ID_HEADER, TaskStatus
 from foundry.names import Names
+
+COMPLETED, RUNNING = TaskStatus.COMPLETED, TaskStatus.RUNNING
 
 DESCRIPTION = "benchmark echo task"
 INPUT_DATA = "x" * 64  # with the id and description: a ~140-byte task

@@ -16,7 +16,12 @@ class InvalidAgentType(FoundryError):
 
 
 class MalformedTask(FoundryError):
-    """A task payload cannot be read as a task."""
+    """A task payload cannot be read as a task; ``task_id`` is the id it will be failed under."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.task_id = task_id
+        self.reason = reason
 
 
 class BrokerUnavailable(FoundryError):

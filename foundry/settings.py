@@ -188,6 +188,8 @@ class Settings:
     )
     events_max_age: float = _opt("FOUNDRY_EVENTS_MAX_AGE", _positive(float), 7 * 86400.0)
     concurrency: int = _opt("FOUNDRY_WORKER_CONCURRENCY", _positive(int), 16)
+    # the most a control message may raise one worker's concurrency to
+    max_concurrency: int = _opt("FOUNDRY_WORKER_MAX_CONCURRENCY", _positive(int), 256)
     task_timeout: float = _opt("FOUNDRY_TASK_TIMEOUT", _positive(float), 600.0)
     retry_delay: float = _opt("FOUNDRY_RETRY_DELAY", _positive(float, 0.0, strict=False), 2.0)
     drain_timeout: float = _opt("FOUNDRY_DRAIN_TIMEOUT", _positive(float, 0.0, strict=False), 10.0)

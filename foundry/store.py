@@ -20,10 +20,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from foundry import codec
+from foundry.contracts import FINAL_STATUSES, TaskStatus
 from foundry.errors import CacheUnavailable
-from foundry.messages import DEAD, FINAL_STATUSES, QUEUED
 from foundry.names import Names
 from foundry.scripts import ScriptBatcher
+
+DEAD, QUEUED = TaskStatus.DEAD, TaskStatus.QUEUED
 
 _FINAL_CHECK = """
 local st = redis.call('HGET', KEYS[1], 'status')

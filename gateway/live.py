@@ -14,25 +14,19 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from foundry import codec
-from foundry.messages import COMPLETED, DEAD, FAILED, Heartbeat
+from foundry.contracts import Heartbeat, TaskEvent, TaskStatus
+from foundry.livetable import LiveTable
 from foundry.names import Names
+from foundry.rejections import REJECTIONS
 
 LINGER_SECONDS = 10.0  # keep listening this long after the last waiter left
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Seen:
-    beat: Heartbeat
-    received: float  # monotonic
 
 
 class ClusterView:
@@ -41,7 +35,7 @@ class ClusterView:
     def __init__(self, names: Names, silence_timeout: float) -> None:
         self.names = names
         self.silence_timeout = silence_timeout
-        self.workers: dict[str, Seen] = {}
+        self.workers = LiveTable(silence_timeout)
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._subs: list[Subscription] = []
         self._final_subs: list[Subscription] = []
@@ -64,31 +58,20 @@ class ClusterView:
 
     # ---- heartbeats ------------------------------------------------------------------
     async def _on_beat(self, msg: Msg) -> None:
-        try:
-            beat = Heartbeat.from_payload(msg.data)
-        except (ValueError, TypeError):
-            return
-        if beat.state == "stopped":
-            self.workers.pop(beat.worker_id, None)
-        else:
-            self.workers[beat.worker_id] = Seen(beat, time.monotonic())
-
-    def forget_stale(self, older_than: float) -> None:
-        now = time.monotonic()
-        for wid in [w for w, s in self.workers.items() if now - s.received > older_than]:
-            del self.workers[wid]
+        beat = REJECTIONS.parse(lambda: Heartbeat.from_payload(msg.data, msg.subject))
+        if beat is not None:
+            self.workers.observe(beat)
 
     def live_workers(self) -> list[dict[str, Any]]:
-        self.forget_stale(max(60.0, self.silence_timeout * 20))
-        now_mono, now = time.monotonic(), time.time()
+        now = time.time()
         rows = []
-        for seen in sorted(self.workers.values(), key=lambda s: s.beat.worker_id):
-            b, age = seen.beat, now_mono - seen.received
+        for seen in self.workers.live():
+            b, age = seen.beat, self.workers.age(seen)
             rows.append(
                 {
                     "worker_id": b.worker_id,
                     "agent_type": b.agent_type,
-                    "status": "healthy" if age <= self.silence_timeout else "unhealthy",
+                    "status": "unhealthy" if self.workers.silent(seen) else "healthy",
                     "state": b.state,
                     "pid": b.pid,
                     "host": b.host,
@@ -109,11 +92,10 @@ class ClusterView:
     async def _on_final(self, msg: Msg) -> None:
         if not self._waiters:
             return
-        try:
-            task_id = codec.loads(msg.data).get("task_id")
-        except (ValueError, AttributeError):
+        event = REJECTIONS.parse(lambda: TaskEvent.from_payload(msg.data), msg.subject)
+        if event is None:
             return
-        for fut in self._waiters.pop(task_id, ()):
+        for fut in self._waiters.pop(event.task_id, ()):
             if not fut.done():
                 fut.set_result(None)
 
@@ -147,7 +129,7 @@ class ClusterView:
                 return
             nc = self._nc
             try:
-                for status in (COMPLETED, FAILED, DEAD):
+                for status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.DEAD):
                     subject = self.names.task_event(status, "*")
                     self._final_subs.append(await nc.subscribe(subject, cb=self._on_final))
                 await nc.flush(timeout=2)  # the server knows our interest before we read

@@ -12,8 +12,15 @@ from aiohttp import web
 from nats.js.errors import APIError as JsAPIError
 
 from foundry import codec
+from foundry.contracts import (
+    MSG_ID_HEADER,
+    TASK_ID_HINT,
+    Task,
+    TaskEvent,
+    TaskStatus,
+    valid_task_id,
+)
 from foundry.errors import BrokerUnavailable, InvalidAgentType
-from foundry.messages import MSG_ID_HEADER, QUEUED, TASK_ID_HINT, Task, valid_task_id
 from foundry.names import validate_agent_type
 from gateway.errors import ApiError, bad_request
 from gateway.jsonio import json_response
@@ -139,16 +146,9 @@ async def submit(request: web.Request) -> web.Response:
             raise
         duplicate = duplicate or existing != "created"
     if not duplicate:
-        event = codec.dumps(
-            {
-                "kind": "task.queued",
-                "at": time.time(),
-                "task_id": task.task_id,
-                "agent_type": task.agent_type,
-                "status": QUEUED,
-            }
-        )
-        await request.app[NC].publish(settings.names.task_event(QUEUED, task.agent_type), event)
+        event = TaskEvent(TaskStatus.QUEUED, task.task_id, task.agent_type)
+        subject = settings.names.task_event(TaskStatus.QUEUED, task.agent_type)
+        await request.app[NC].publish(subject, event.to_payload())
     body = {
         "task_id": task.task_id,
         "agent_type": task.agent_type,

@@ -1,1 +1,1 @@
-"""The supervisor (see issue: heartbeats and the healer)."""
+"""The healer: supervises the fleet, relaunches dead or silent workers, remediates the host."""

@@ -3,7 +3,13 @@
 When a worker dies holding tasks, each is nak'ed through its own ack subject,
 so it is redelivered at once instead of after ``ack_wait``. A task that was in
 flight at ``FOUNDRY_POISON_KILLS`` deaths is moved to ``AGENT_DEAD`` with the
-evidence; so is a task that exhausted ``max_deliver`` (the JetStream advisory).
+evidence; so is a task that exhausted ``max_deliver``, once the server confirms
+it (the advisory alone is only a claim).
+
+Nothing here trusts the bus: an ack subject is used only when it belongs to the
+type's own consumer and names the delivery it was listed with, and an advisory
+is acted on only when the message exists and its recorded attempts reached
+``max_deliver``. Everything else is dropped and counted.
 """
 
 from __future__ import annotations
@@ -19,9 +25,19 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from foundry import codec
+from foundry.contracts import (
+    DeadLetter,
+    DeadLetterAction,
+    HealAction,
+    InFlightEntry,
+    MaxDeliveriesAdvisory,
+    TaskEvent,
+    TaskStatus,
+    task_id_from,
+)
 from foundry.errors import CacheUnavailable
-from foundry.messages import DEAD, MSG_ID_HEADER, task_id_from
 from foundry.names import Names
+from foundry.rejections import REJECTIONS
 from foundry.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -29,48 +45,88 @@ Emit = Callable[..., Awaitable[None]]
 KILLS_TTL = 3600.0  # forget kill evidence older than this
 
 
+def ack_target(reply: str) -> tuple[str, str, int] | None:
+    """(stream, consumer, stream sequence) of a JetStream ack subject, else None."""
+    tokens = reply.split(".")
+    if tokens[:2] != ["$JS", "ACK"]:
+        return None
+    if len(tokens) == 9:
+        stream, consumer, seq = tokens[2], tokens[3], tokens[5]
+    elif len(tokens) >= 11:  # with domain and account hash
+        stream, consumer, seq = tokens[4], tokens[5], tokens[7]
+    else:
+        return None
+    return (stream, consumer, int(seq)) if seq.isdigit() else None
+
+
 class DeadLetters:
-    def __init__(self, nc: NATS, store: TaskStore, names: Names, poison_kills: int, emit: Emit):
+    def __init__(
+        self,
+        nc: NATS,
+        store: TaskStore,
+        names: Names,
+        poison_kills: int,
+        max_deliver: int,
+        emit: Emit,
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.store = store
         self.names = names
         self.poison_kills = poison_kills
+        self.max_deliver = max_deliver
         self.emit = emit
         self.kills: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        self.dead_lettered = 0
 
     async def start(self) -> None:
         await self.nc.subscribe(self.names.max_deliveries_advisory(), cb=self._on_max_deliveries)
 
+    def _owned(self, agent_type: str, entry: InFlightEntry) -> bool:
+        """Whether ``entry.reply`` acks ``entry.stream_seq`` on the type's own consumer."""
+        target = ack_target(entry.reply)
+        expected = (self.names.tasks_stream, self.names.consumer(agent_type), entry.stream_seq)
+        if target == expected:
+            return True
+        REJECTIONS.record(
+            "heartbeat",
+            "foreign_ack",
+            f"in-flight entry for seq {entry.stream_seq} of {agent_type!r} lists ack subject "
+            f"{entry.reply[:80]!r}, not one of {expected[1]!r}",
+        )
+        return False
+
+    async def _nak(self, entry: InFlightEntry) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.publish(entry.reply, b"-NAK")
+
     async def worker_died(
-        self, agent_type: str, in_flight: list[dict[str, Any]], evidence: dict[str, Any]
+        self, agent_type: str, in_flight: list[InFlightEntry], evidence: dict[str, Any]
     ) -> list[str]:
         """Nak what the dead worker held, or dead-letter it; returns poisoned task ids."""
         self._prune()
         poisoned = []
         for entry in in_flight:
-            if not entry.get("running", True):  # held, not running: it cannot have killed it
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(entry["reply"], b"-NAK")
+            if not self._owned(agent_type, entry):
                 continue
-            key = (agent_type, int(entry["stream_seq"]))
+            if not entry.running:  # held, not running: it cannot have killed the worker
+                await self._nak(entry)
+                continue
+            key = (agent_type, entry.stream_seq)
             kills = self.kills.setdefault(key, [])
-            kills.append({**evidence, "task_id": entry.get("task_id"), "mono": time.monotonic()})
-            if len(kills) >= self.poison_kills:
-                task_id = await self.dead_letter(
-                    agent_type,
-                    key[1],
-                    "poison",
-                    f"in flight at {len(kills)} worker deaths (FOUNDRY_POISON_KILLS="
-                    f"{self.poison_kills})",
-                    kills,
-                    reply=entry.get("reply"),
-                )
-                poisoned.append(task_id or str(entry.get("task_id")))
-            else:
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(entry["reply"], b"-NAK")
+            kills.append({**evidence, "task_id": entry.task_id, "mono": time.monotonic()})
+            if len(kills) < self.poison_kills:
+                await self._nak(entry)
+                continue
+            task_id = await self.dead_letter(
+                agent_type,
+                entry.stream_seq,
+                DeadLetterAction.POISON,
+                f"in flight at {len(kills)} worker deaths (FOUNDRY_POISON_KILLS="
+                f"{self.poison_kills})",
+                kills,
+                reply=entry.reply,
+            )
+            poisoned.append(task_id or entry.task_id)
         return poisoned
 
     def _prune(self) -> None:
@@ -79,28 +135,50 @@ class DeadLetters:
             del self.kills[key]
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
-        try:
-            body = codec.loads(msg.data)
-            consumer, seq = body["consumer"], int(body["stream_seq"])
-        except (ValueError, KeyError, TypeError):
+        advisory = REJECTIONS.parse(lambda: MaxDeliveriesAdvisory.from_payload(msg.data))
+        if advisory is None:
             return
-        agent_type = Names.type_of_consumer(consumer)
-        if agent_type is None:
+        agent_type = Names.type_of_consumer(advisory.consumer)
+        if advisory.stream != self.names.tasks_stream or agent_type is None:
+            REJECTIONS.record("advisory", "subject", f"not one of ours: {advisory}")
             return
-        deliveries = body.get("deliveries")
+        attempts = await self._confirmed_attempts(advisory.stream_seq)
+        if attempts is None or attempts < self.max_deliver:
+            REJECTIONS.record(
+                "advisory",
+                "unconfirmed",
+                f"seq {advisory.stream_seq} claims {advisory.deliveries} deliveries; the server "
+                f"and the task store show {attempts}",
+            )
+            return
         await self.dead_letter(
             agent_type,
-            seq,
-            "max_deliver",
-            f"delivered {deliveries} times without an ack (FOUNDRY_MAX_DELIVER)",
-            [{"deliveries": deliveries}],
+            advisory.stream_seq,
+            DeadLetterAction.MAX_DELIVER,
+            f"delivered {attempts} times without an ack (FOUNDRY_MAX_DELIVER={self.max_deliver})",
+            [{"deliveries": attempts}],
         )
+
+    async def _confirmed_attempts(self, seq: int) -> int | None:
+        """The recorded attempts of the task stored at ``seq``, or None when it is not there."""
+        try:
+            raw = await self.js.get_msg(self.names.tasks_stream, seq)
+        except NotFoundError:
+            return None
+        except Exception as exc:
+            log.warning("cannot confirm max-deliveries for seq %d: %r", seq, exc)
+            return None
+        try:
+            record = await self.store.get(_task_id(raw.headers, raw.data or b"", seq))
+        except CacheUnavailable:
+            return None
+        return record.attempts if record is not None else None
 
     async def dead_letter(
         self,
         agent_type: str,
         seq: int,
-        action: str,
+        action: DeadLetterAction,
         reason: str,
         evidence: list[dict[str, Any]],
         reply: str | None = None,
@@ -112,24 +190,15 @@ class DeadLetters:
             self.kills.pop((agent_type, seq), None)
             return None  # already gone (acked or moved by another healer)
         payload = raw.data or b""
-        body_id = None
-        with contextlib.suppress(ValueError, AttributeError):
-            body_id = codec.loads(payload).get("task_id")
-        task_id = task_id_from(raw.headers, body_id, seq)
+        task_id = _task_id(raw.headers, payload, seq)
         clean = [{k: v for k, v in e.items() if k != "mono"} for e in evidence]
-        record = {
-            "task_id": task_id,
-            "agent_type": agent_type,
-            "stream_seq": seq,
-            "reason": reason,
-            "action": action,
-            "evidence": clean,
-            "payload": payload.decode("utf-8", "replace"),
-        }
+        record = DeadLetter(
+            task_id, agent_type, seq, action, reason, payload.decode("utf-8", "replace"), clean
+        )
         await self.js.publish(
             self.names.dead(agent_type),
-            codec.dumps(record),
-            headers={MSG_ID_HEADER: f"dead-{task_id}"},
+            record.to_payload(),
+            headers={"Nats-Msg-Id": f"dead-{task_id}"},
         )
         try:
             await self.store.mark_dead(task_id, agent_type, {"reason": reason, "evidence": clean})
@@ -141,20 +210,12 @@ class DeadLetters:
         with contextlib.suppress(Exception):
             await self.js.delete_msg(self.names.tasks_stream, seq)
         self.kills.pop((agent_type, seq), None)
-        self.dead_lettered += 1
-        event = codec.dumps(
-            {
-                "kind": "task.dead",
-                "at": time.time(),
-                "task_id": task_id,
-                "agent_type": agent_type,
-                "status": DEAD,
-                "error": reason,
-            }
+        event = TaskEvent(TaskStatus.DEAD, task_id, agent_type, error=reason)
+        await self.nc.publish(
+            self.names.task_event(TaskStatus.DEAD, agent_type), event.to_payload()
         )
-        await self.nc.publish(self.names.task_event(DEAD, agent_type), event)
         await self.emit(
-            "poison" if action == "poison" else "dead_letter",
+            HealAction.POISON if action is DeadLetterAction.POISON else HealAction.DEAD_LETTER,
             agent_type=agent_type,
             task_id=task_id,
             stream_seq=seq,
@@ -162,3 +223,10 @@ class DeadLetters:
             evidence=clean,
         )
         return task_id
+
+
+def _task_id(headers: dict[str, str] | None, payload: bytes, seq: int) -> str:
+    body_id = None
+    with contextlib.suppress(ValueError, AttributeError):
+        body_id = codec.loads(payload).get("task_id")
+    return task_id_from(headers, body_id, seq)

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from foundry.contracts import SlotKind
 from foundry.errors import ConfigError
 from foundry.servers import nats_command, redis_command
 from foundry.settings import Settings
-from healer.slots import SERVER, SERVICE, WORKER, Slot
+from healer.slots import Slot
 
 SERVICES = ("gateway", "monitor")
 EMBEDDABLE = ("nats", "redis")
@@ -35,13 +36,14 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
 
     def add(
         name: str,
-        kind: str,
+        kind: SlotKind,
         command: list[str],
         agent_type: str | None = None,
         index: int | None = None,
+        port: int | None = None,
     ) -> None:
         log_path = logs / f"{name}.log"
-        slots.append(Slot(name, kind, command, agent_type, index, env, log_path))
+        slots.append(Slot(name, kind, command, agent_type, index, env, log_path, port))
 
     for server in embedded:
         if server not in EMBEDDABLE:
@@ -52,10 +54,12 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
             _local(settings.nats_url, "FOUNDRY_NATS_URL")
             store = root / "jetstream"
             store.mkdir(exist_ok=True)
-            add("nats-server", SERVER, nats_command(_port(settings.nats_url, 4222), store))
+            port = _port(settings.nats_url, 4222)
+            add("nats-server", SlotKind.SERVER, nats_command(port, store), port=port)
         else:
             _local(settings.redis_url, "FOUNDRY_REDIS_URL")
-            add("redis-server", SERVER, redis_command(_port(settings.redis_url, 6379), root))
+            port = _port(settings.redis_url, 6379)
+            add("redis-server", SlotKind.SERVER, redis_command(port, root), port=port)
     for service in services:
         if service not in SERVICES:
             raise ConfigError(
@@ -63,7 +67,7 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
             )
         if importlib.util.find_spec(service) is None:
             raise ConfigError(f"--services: package {service!r} is not installed")
-        add(service, SERVICE, [sys.executable, "-m", service])
+        add(service, SlotKind.SERVICE, [sys.executable, "-m", service])
     for agent_type, count in settings.fleet.items():
         for index in range(count):
             name = f"{agent_type}-{index}"
@@ -78,7 +82,7 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
                 "--slot",
                 str(index),
             ]
-            add(name, WORKER, command, agent_type=agent_type, index=index)
+            add(name, SlotKind.WORKER, command, agent_type=agent_type, index=index)
     return slots
 
 

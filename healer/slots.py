@@ -15,16 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WORKER, SERVICE, SERVER = "worker", "service", "server"
-# slot states
-STARTING, RUNNING, BACKOFF, STOPPING, QUARANTINED, STOPPED = (
-    "starting",
-    "running",
-    "backoff",
-    "stopping",
-    "quarantined",
-    "stopped",
-)
+from foundry.contracts import SlotKind, SlotState, StopReason
 
 
 @dataclass
@@ -65,20 +56,22 @@ class Slot:
     """One supervised process and its history."""
 
     name: str
-    kind: str
+    kind: SlotKind
     command: list[str]
     agent_type: str | None = None
     index: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
-    state: str = STOPPED
+    port: int | None = None  # where an embedded server listens
+    # Written only by healer.transitions.move (called by the supervisor).
+    state: SlotState = SlotState.STOPPED
     proc: asyncio.subprocess.Process | None = None
     pid: int | None = None
     launched_at: float = 0.0  # monotonic
     launches: int = 0
     consecutive: int = 0  # deaths since the last stable run
     deaths: deque[Death] = field(default_factory=lambda: deque(maxlen=64))
-    pending_reason: str | None = None  # why we are stopping it (silent, manual, recycle)
+    pending_reason: StopReason | None = None  # why the healer is stopping it
     silent_seconds: float | None = None  # how long it had been silent when we killed it
     quarantine_reason: str | None = None
     last_error: str | None = None
@@ -87,7 +80,7 @@ class Slot:
 
     @property
     def is_worker(self) -> bool:
-        return self.kind == WORKER
+        return self.kind is SlotKind.WORKER
 
     def ran_for(self) -> float:
         return time.monotonic() - self.launched_at if self.launched_at else 0.0
@@ -99,11 +92,14 @@ class Slot:
             "agent_type": self.agent_type,
             "worker_id": self.name if self.is_worker else None,
             "state": self.state,
-            "pid": self.pid if self.state in (STARTING, RUNNING, STOPPING) else None,
+            "pid": self.pid if self.state in _ALIVE else None,
             "launches": self.launches,
             "restarts": max(0, self.launches - 1),
             "consecutive_failures": self.consecutive,
             "quarantine_reason": self.quarantine_reason,
             "last_error": self.last_error,
-            "uptime_seconds": round(self.ran_for(), 3) if self.state == RUNNING else 0.0,
+            "uptime_seconds": round(self.ran_for(), 3) if self.state is SlotState.RUNNING else 0.0,
         }
+
+
+_ALIVE = frozenset({SlotState.STARTING, SlotState.RUNNING, SlotState.STOPPING})

@@ -19,27 +19,16 @@ from typing import Any
 
 import psutil
 
+from foundry.contracts import HealAction, RelaunchReason, SlotKind, SlotState, StopReason
 from foundry.pidfiles import recorded_process, write_pidfile
 from foundry.runtime import spawn
-from healer.slots import (
-    BACKOFF,
-    QUARANTINED,
-    RUNNING,
-    SERVER,
-    SERVICE,
-    STARTING,
-    STOPPED,
-    STOPPING,
-    WORKER,
-    Death,
-    RestartPolicy,
-    Slot,
-)
+from healer.slots import Death, RestartPolicy, Slot
+from healer.transitions import move
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[..., Awaitable[None]]
-DeathHook = Callable[[Slot, Death, str], Awaitable[None]]
+DeathHook = Callable[[Slot, Death, RelaunchReason], Awaitable[None]]
 LOG_TAIL_BYTES = 2000
 
 
@@ -63,7 +52,6 @@ class Supervisor:
         self.kill_grace = kill_grace
         self.slots: dict[str, Slot] = {}
         self.on_death: DeathHook | None = None
-        self.on_launch: Callable[[Slot], None] | None = None
         self.shutting_down = False
         self._tasks: set[asyncio.Task[Any]] = set()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,8 +60,13 @@ class Supervisor:
         self.slots[slot.name] = slot
         return slot
 
-    def by_kind(self, kind: str) -> list[Slot]:
-        return [s for s in self.slots.values() if s.kind == kind]
+    def by_kind(self, kind: SlotKind) -> list[Slot]:
+        return [s for s in self.slots.values() if s.kind is kind]
+
+    def heard(self, slot: Slot) -> None:
+        """The slot's current process sent its first heartbeat: it is running."""
+        if slot.state is SlotState.STARTING:
+            move(slot, SlotState.RUNNING)
 
     # ---- pid files -------------------------------------------------------------------
     def _pidfile(self, slot: Slot) -> Path:
@@ -101,8 +94,10 @@ class Supervisor:
         return stopped
 
     # ---- launching -------------------------------------------------------------------
-    async def launch(self, slot: Slot, reason: str = "start", **fields: Any) -> None:
-        if self.shutting_down or slot.state in (STARTING, RUNNING, STOPPING):
+    async def launch(self, slot: Slot, reason: RelaunchReason | None = None, **fields: Any) -> None:
+        """Start the slot's process; ``reason`` None is the first start (no event)."""
+        alive = (SlotState.STARTING, SlotState.RUNNING, SlotState.STOPPING)
+        if self.shutting_down or slot.state in alive:
             return  # never two copies of one slot
         slot.relaunch_handle = None
         old_pid = slot.pid
@@ -120,7 +115,8 @@ class Supervisor:
         except OSError as exc:
             slot.last_error = f"cannot start {slot.command[0]}: {exc}"
             log.error("%s: %s", slot.name, slot.last_error)
-            await self._died(slot, Death(time.monotonic(), None, None, 0.0), "spawn-error")
+            death = Death(time.monotonic(), None, None, 0.0)
+            await self._died(slot, death, RelaunchReason.SPAWN_ERROR)
             return
         finally:
             if log_file:
@@ -128,18 +124,21 @@ class Supervisor:
         slot.proc, slot.pid = proc, proc.pid
         slot.launched_at = time.monotonic()
         slot.launches += 1
-        slot.state = STARTING if slot.kind == WORKER else RUNNING
+        move(slot, SlotState.STARTING if slot.is_worker else SlotState.RUNNING)
         slot.pending_reason = None
         write_pidfile(self._pidfile(slot), proc.pid)
         slot.waiter = spawn(self._wait(slot, proc), self._tasks)
-        if self.on_launch:
-            self.on_launch(slot)
-        log.info("%s launched (pid %d, %s)", slot.name, proc.pid, reason)
+        log.info("%s launched (pid %d, %s)", slot.name, proc.pid, reason or "start")
         if "died_at" in fields:
             fields["downtime_seconds"] = round(time.time() - float(fields["died_at"]), 6)
-        if reason != "start":
+        if reason is not None:
             await self.emit(
-                "relaunch", slot=slot, reason=reason, old_pid=old_pid, new_pid=proc.pid, **fields
+                HealAction.RELAUNCH,
+                slot=slot,
+                reason=reason,
+                old_pid=old_pid,
+                new_pid=proc.pid,
+                **fields,
             )
 
     async def _wait(self, slot: Slot, proc: asyncio.subprocess.Process) -> None:
@@ -150,15 +149,17 @@ class Supervisor:
         sig = -code if code < 0 else None
         self._pidfile(slot).unlink(missing_ok=True)
         death = Death(time.monotonic(), code if code >= 0 else None, sig, ran)
-        if slot.state == STOPPING and (self.shutting_down or slot.pending_reason == "stop"):
-            slot.state = STOPPED
+        stopping = slot.state is SlotState.STOPPING
+        if stopping and (self.shutting_down or slot.pending_reason is StopReason.STOP):
+            move(slot, SlotState.STOPPED)
             return
-        reason = slot.pending_reason or "exit"
+        pending = slot.pending_reason
+        reason = RelaunchReason(pending.value) if pending is not None else RelaunchReason.EXIT
         await self._died(slot, death, reason)
 
-    async def _died(self, slot: Slot, death: Death, reason: str) -> None:
-        slot.state = BACKOFF
-        if reason == "exit" or reason == "spawn-error":
+    async def _died(self, slot: Slot, death: Death, reason: RelaunchReason) -> None:
+        move(slot, SlotState.BACKOFF)
+        if reason in (RelaunchReason.EXIT, RelaunchReason.SPAWN_ERROR):
             tail = log_tail(slot.log_path)
             if tail and death.ran_for < self.policy.stable_after:
                 slot.last_error = tail.splitlines()[-1][:500]
@@ -171,7 +172,10 @@ class Supervisor:
             death.ran_for,
         )
         if self.on_death is not None:
-            await self.on_death(slot, death, reason)  # nak in-flight, poison bookkeeping
+            try:  # nak in-flight, poison bookkeeping; the relaunch is scheduled whatever happens
+                await self.on_death(slot, death, reason)
+            except Exception:
+                log.exception("%s: death bookkeeping failed; relaunching all the same", slot.name)
         if death.excused:
             slot.consecutive = 0
         else:
@@ -180,18 +184,18 @@ class Supervisor:
             slot.consecutive += 1
             slot.deaths.append(death)
         if self.shutting_down:
-            slot.state = STOPPED
+            move(slot, SlotState.STOPPED)
             return
         now = time.monotonic()
-        if slot.kind == WORKER and self.policy.should_quarantine(slot.deaths, now):
-            slot.state = QUARANTINED
+        if slot.is_worker and self.policy.should_quarantine(slot.deaths, now):
+            move(slot, SlotState.QUARANTINED)
             counted = len(self.policy.counted(slot.deaths, now))
             slot.quarantine_reason = (
                 f"{counted} deaths within {self.policy.window:g}s (FOUNDRY_MAX_RESTARTS="
                 f"{self.policy.max_restarts}); last: {_describe(death)}"
             )
             await self.emit(
-                "quarantine",
+                HealAction.QUARANTINE,
                 slot=slot,
                 reason=slot.quarantine_reason,
                 restarts=counted,
@@ -209,12 +213,16 @@ class Supervisor:
             "died_at": time.time(),
             # how long the death took to notice: a silence for hung workers; an exit is
             # awaited, so it is seen at once
-            "detect_seconds": round(slot.silent_seconds or 0.0, 3) if reason == "silent" else 0.0,
+            "detect_seconds": (
+                round(slot.silent_seconds or 0.0, 3) if reason is RelaunchReason.SILENT else 0.0
+            ),
         }
         slot.silent_seconds = None
         self._schedule(slot, delay, reason, fields)
 
-    def _schedule(self, slot: Slot, delay: float, reason: str, fields: dict[str, Any]) -> None:
+    def _schedule(
+        self, slot: Slot, delay: float, reason: RelaunchReason, fields: dict[str, Any]
+    ) -> None:
         loop = asyncio.get_running_loop()
 
         def fire() -> None:
@@ -225,13 +233,13 @@ class Supervisor:
             fire()
 
     # ---- stopping --------------------------------------------------------------------
-    async def terminate(self, slot: Slot, reason: str, grace: float) -> None:
+    async def terminate(self, slot: Slot, reason: StopReason, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace``; the exit handler decides what follows."""
         proc, waiter = slot.proc, slot.waiter  # the exit handler may relaunch: keep these
         if proc is None or proc.returncode is not None:
             return
         slot.pending_reason = reason
-        slot.state = STOPPING
+        move(slot, SlotState.STOPPING)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
@@ -245,24 +253,24 @@ class Supervisor:
                 await asyncio.wait_for(asyncio.shield(waiter), 5)
 
     async def release(self, slot: Slot) -> bool:
-        if slot.state != QUARANTINED:
+        if slot.state is not SlotState.QUARANTINED:
             return False
         slot.deaths.clear()
         slot.consecutive = 0
         slot.quarantine_reason = None
-        slot.state = STOPPED
-        await self.emit("release", slot=slot, reason="operator release")
-        await self.launch(slot, "release")
+        move(slot, SlotState.STOPPED)
+        await self.emit(HealAction.RELEASE, slot=slot, reason="operator release")
+        await self.launch(slot, RelaunchReason.RELEASE)
         return True
 
     async def relaunch_waiting(self) -> list[Slot]:
         """Relaunch every slot that is waiting out a backoff, now."""
         out = []
         for slot in self.slots.values():
-            if slot.state == BACKOFF and slot.relaunch_handle is not None:
+            if slot.state is SlotState.BACKOFF and slot.relaunch_handle is not None:
                 slot.relaunch_handle.cancel()
-                slot.state = STOPPED
-                await self.launch(slot, "manual")
+                move(slot, SlotState.STOPPED)
+                await self.launch(slot, RelaunchReason.MANUAL)
                 out.append(slot)
         return out
 
@@ -272,8 +280,10 @@ class Supervisor:
         for slot in self.slots.values():
             if slot.relaunch_handle is not None:
                 slot.relaunch_handle.cancel()
-        for kind, grace in ((WORKER, worker_grace), (SERVICE, 10.0), (SERVER, 10.0)):
-            await asyncio.gather(*(self.terminate(s, "stop", grace) for s in self.by_kind(kind)))
+        kinds = ((SlotKind.WORKER, worker_grace), (SlotKind.SERVICE, 10.0), (SlotKind.SERVER, 10.0))
+        for kind, grace in kinds:
+            stops = (self.terminate(s, StopReason.STOP, grace) for s in self.by_kind(kind))
+            await asyncio.gather(*stops)
         for task in list(self._tasks):
             task.cancel()
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from foundry.contracts import HealAction, HealEvent, RelaunchReason, SlotKind, TaskStatus, values
 from monitor.labels import OTHER, AgentTypes, one_of
 
 log = logging.getLogger(__name__)
 
-HEAL_ACTIONS = ("relaunch", "kill_silent", "quarantine", "release", "poison", "dead_letter",
-                "remediate", "silent_foreign")  # fmt: skip
-RELAUNCH_REASONS = ("exit", "silent", "manual", "memory", "recycle")
+HEAL_ACTIONS = values(HealAction)
+RELAUNCH_REASONS = values(RelaunchReason)
 POLICIES = ("disk", "memory", "cpu", "reachability")  # the healer's remediation policies
 OUTCOMES = ("done", "dry_run", "failed", "skipped")
 SERVICE_SLOTS = ("gateway", "monitor", "nats-server", "redis-server")
@@ -103,40 +102,41 @@ class EventMetrics:
         checked = self._type(agent_type)
         if checked is None:
             return
-        if status == "queued":
+        if status == TaskStatus.QUEUED:
             self.submitted.labels(checked).inc()
-        elif status == "dead":
+        elif status == TaskStatus.DEAD:
             self.dead.labels(checked).inc()
 
     # ---- heal events -----------------------------------------------------------------
-    def on_heal_event(self, action: str, body: dict[str, Any]) -> None:
-        """A ``heal.<action>`` event with its decoded payload."""
-        self.heal.labels(one_of(action, HEAL_ACTIONS)).inc()
-        if action == "remediate":
-            policy = one_of(body.get("policy"), POLICIES)
-            self.remediations.labels(policy, one_of(body.get("outcome"), OUTCOMES)).inc()
+    def on_heal_event(self, event: HealEvent) -> None:
+        """A validated ``heal.<action>`` event."""
+        action = event.action
+        self.heal.labels(action.value).inc()
+        if action is HealAction.REMEDIATE:
+            policy = one_of(event.text("policy"), POLICIES)
+            self.remediations.labels(policy, one_of(event.text("outcome"), OUTCOMES)).inc()
             return
-        if body.get("slot_kind") not in (None, "worker"):
+        if event.slot_kind not in (None, SlotKind.WORKER):
             # A supervised service or server: labelled by its slot, kept out of the agent types.
-            agent_type: str | None = one_of(body.get("slot"), SERVICE_SLOTS)
+            agent_type: str | None = one_of(event.slot, SERVICE_SLOTS)
         else:
-            agent_type = self._type(body.get("agent_type"))
+            agent_type = self._type(event.agent_type)
         if agent_type is None:
             return
-        if action == "relaunch":
-            reason = one_of(body.get("reason"), RELAUNCH_REASONS)
+        if action is HealAction.RELAUNCH:
+            reason = one_of(event.reason, RELAUNCH_REASONS)
             self.relaunches.labels(agent_type, reason).inc()
-            detect = body.get("detect_seconds")
-            if isinstance(detect, int | float) and detect >= 0:
-                self.detect.labels(reason).observe(float(detect))
-        elif action == "kill_silent":
+            detect = event.number("detect_seconds")
+            if detect is not None:
+                self.detect.labels(reason).observe(detect)
+        elif action is HealAction.KILL_SILENT:
             self.silent_kills.labels(agent_type).inc()
-        elif action == "quarantine":
+        elif action is HealAction.QUARANTINE:
             self.quarantines.labels(agent_type).inc()
-            self._quarantined_slots[str(body.get("slot") or OTHER)] = agent_type
+            self._quarantined_slots[event.slot or OTHER] = agent_type
             self._refresh_quarantined()
-        elif action == "release":
-            self._quarantined_slots.pop(str(body.get("slot") or OTHER), None)
+        elif action is HealAction.RELEASE:
+            self._quarantined_slots.pop(event.slot or OTHER, None)
             self._refresh_quarantined()
 
     def _refresh_quarantined(self) -> None:

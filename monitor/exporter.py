@@ -7,7 +7,7 @@ the monitor, not every worker.
 
 A worker's counters start again at zero when its process is replaced, so the
 last figures of every finished process (stopped, relaunched under the same
-worker id, or silent for ``forget_after``) are kept and added in: the cluster
+worker id, or forgotten by the live-worker table) are kept and added in: the cluster
 totals never go down. What a worker counted after its last heartbeat is lost
 with it (at most one heartbeat interval's worth).
 """
@@ -27,16 +27,17 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from foundry.contracts import Heartbeat, WorkerState, values
 from foundry.histogram import TASK_SECONDS_BOUNDS, cumulative
-from foundry.messages import Heartbeat
+from foundry.livetable import Incarnation, LiveTable, Seen
 from monitor.labels import AgentTypes
 
-STATES = ("starting", "idle", "busy", "draining", "silent")
+SILENT = "silent"
+# what a worker says of itself (but 'stopped', which leaves the table), and 'silent'
+STATES = (*(v for v in values(WorkerState) if v != WorkerState.STOPPED), SILENT)
 _NBUCKETS = len(TASK_SECONDS_BOUNDS) + 1
 _LE = [f"{b:g}" for b in TASK_SECONDS_BOUNDS] + ["+Inf"]
 _KEEP_FINISHED = 1024  # finished processes remembered one by one (older ones are folded)
-
-Incarnation = tuple[str, int, float]  # worker id, pid, started_at
 
 
 @dataclass
@@ -70,24 +71,8 @@ class Totals:
             self.wait_buckets[i] += other.wait_buckets[i]
 
 
-def _valid(buckets: object) -> bool:
-    return (
-        isinstance(buckets, list)
-        and len(buckets) == _NBUCKETS
-        and all(isinstance(c, int) and c >= 0 for c in buckets)
-    )
-
-
-@dataclass
-class Seen:
-    """The latest heartbeat of a live worker and when it arrived (monotonic)."""
-
-    beat: Heartbeat
-    received: float
-
-    @property
-    def incarnation(self) -> Incarnation:
-        return (self.beat.worker_id, self.beat.pid, self.beat.started_at)
+def _valid(buckets: list[int]) -> bool:
+    return len(buckets) == _NBUCKETS  # the contract allows none, or one count per bucket
 
 
 class ClusterExporter(Collector):
@@ -97,36 +82,26 @@ class ClusterExporter(Collector):
         self,
         fleet: Mapping[str, int],
         silence_timeout: float,
-        forget_after: float | None = None,
         types: AgentTypes | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.fleet = dict(fleet)
         self.types = types or AgentTypes(fleet)
-        self.silence_timeout = silence_timeout
-        self.forget_after = forget_after or max(300.0, silence_timeout * 20)
         self.clock, self.wall = clock, wall
-        self.workers: dict[str, Seen] = {}
+        self.workers = LiveTable(silence_timeout, clock=clock, on_retire=self._retire)
         self._finished: OrderedDict[Incarnation, tuple[str, Totals]] = OrderedDict()
         self._folded: dict[str, Totals] = {}
 
     # ---- input -----------------------------------------------------------------------
     def observe(self, beat: Heartbeat) -> None:
-        """Take one heartbeat into account."""
-        if self.types.admit(beat.agent_type) is None or not isinstance(beat.worker_id, str):
+        """Take one (validated) heartbeat into account."""
+        if self.types.admit(beat.agent_type) is None:
             return
-        seen = Seen(beat, self.clock())
-        previous = self.workers.get(beat.worker_id)
-        if previous is not None and previous.incarnation != seen.incarnation:
-            self._retire(previous)  # the same worker id in a new process: a relaunch
-        # A process forgotten for silence that speaks again is live again, not finished.
-        self._finished.pop(seen.incarnation, None)
-        if beat.state == "stopped":
-            self.workers.pop(beat.worker_id, None)
-            self._retire(seen)
-        else:
-            self.workers[beat.worker_id] = seen
+        seen = self.workers.observe(beat)
+        if seen is not None and beat.state is not WorkerState.STOPPED:
+            # A process forgotten for silence that speaks again is live again, not finished.
+            self._finished.pop(seen.incarnation, None)
 
     def _retire(self, seen: Seen) -> None:
         self._finished[seen.incarnation] = (seen.beat.agent_type, Totals.of(seen.beat))
@@ -135,24 +110,13 @@ class ClusterExporter(Collector):
             _, (agent_type, totals) = self._finished.popitem(last=False)
             self._folded.setdefault(agent_type, Totals()).add(totals)
 
-    def prune(self) -> None:
-        """Forget workers silent for longer than ``forget_after``; keep their counts."""
-        now = self.clock()
-        for wid, seen in list(self.workers.items()):
-            if now - seen.received > self.forget_after:
-                del self.workers[wid]
-                self._retire(seen)
-
     # ---- views -----------------------------------------------------------------------
     def live(self) -> list[Seen]:
-        """Workers heard from within ``forget_after``, by worker id."""
-        self.prune()
-        return [self.workers[w] for w in sorted(self.workers)]
+        """Workers in the live-worker table, by worker id."""
+        return self.workers.live()
 
     def state_of(self, seen: Seen) -> str:
-        if self.clock() - seen.received > self.silence_timeout:
-            return "silent"
-        return seen.beat.state if seen.beat.state in STATES else "idle"
+        return SILENT if self.workers.silent(seen) else seen.beat.state.value
 
     def totals(self) -> dict[str, Totals]:
         """Cluster totals per agent type: finished processes plus live ones."""
@@ -161,7 +125,7 @@ class ClusterExporter(Collector):
             out[agent_type].add(folded)
         for agent_type, totals in self._finished.values():
             out[agent_type].add(totals)
-        for seen in self.workers.values():
+        for seen in self.workers.live():
             out[seen.beat.agent_type].add(Totals.of(seen.beat))
         return out
 
@@ -247,7 +211,7 @@ class ClusterExporter(Collector):
             b = seen.beat
             key = [b.agent_type, b.worker_id]
             heard = now_mono - seen.received
-            up.add_metric(key, 0 if self.state_of(seen) == "silent" else 1)
+            up.add_metric(key, 0 if self.state_of(seen) == SILENT else 1)
             age.add_metric(key, heard)
             pid.add_metric(key, b.pid)
             uptime.add_metric(key, max(0.0, now - b.started_at) if b.started_at else 0.0)

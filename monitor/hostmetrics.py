@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from foundry.hostsample import HostSample
+from foundry.contracts import HostSample
 
 
 class HostMetrics(Collector):

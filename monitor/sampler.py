@@ -19,8 +19,7 @@ import psutil
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 
-from foundry.hostsample import DiskSample, HostSample, ProcessSample
-from foundry.messages import Heartbeat
+from foundry.contracts import DiskSample, Heartbeat, HostSample, ProcessSample
 
 PROBE_TIMEOUT = 2.0
 PID_START_SLACK = 5.0  # a worker stamps started_at a moment after its process starts

@@ -26,10 +26,9 @@ from nats.aio.subscription import Subscription
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from foundry import codec
 from foundry.connect import connect_nats, redis_client
-from foundry.hostsample import HostSample
-from foundry.messages import Heartbeat
+from foundry.contracts import HealEvent, Heartbeat, HostSample
+from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.settings import Settings
 from monitor.events import EventMetrics
@@ -61,6 +60,7 @@ class Monitor:
         self.nats_server = (
             NatsServerStats(settings.nats_monitor_url) if settings.nats_monitor_url else None
         )
+        self.registry.register(REJECTIONS)
         for collector in (self.exporter, self.jetstream, self.host_metrics, self.nats_server):
             if collector is not None:
                 self.registry.register(collector)
@@ -131,23 +131,18 @@ class Monitor:
 
     # ---- subscriptions ---------------------------------------------------------------
     async def _on_beat(self, msg: Msg) -> None:
-        try:
-            beat = Heartbeat.from_payload(msg.data)
-        except (ValueError, TypeError):
-            return
-        self.exporter.observe(beat)
+        beat = REJECTIONS.parse(lambda: Heartbeat.from_payload(msg.data, msg.subject))
+        if beat is not None:
+            self.exporter.observe(beat)
 
     async def _on_task_event(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
         self.events.on_task_event(tokens[-2], tokens[-1])
 
     async def _on_heal_event(self, msg: Msg) -> None:
-        try:
-            body = codec.loads(msg.data)
-        except ValueError:
-            body = {}
-        self.events.on_heal_event(msg.subject.rsplit(".", 1)[-1], body if isinstance(body, dict)
-                                  else {})  # fmt: skip
+        event = REJECTIONS.parse(lambda: HealEvent.from_payload(msg.data), msg.subject)
+        if event is not None:
+            self.events.on_heal_event(event)
 
     # ---- health ----------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from foundry import codec
 from foundry.connect import connect_nats
-from foundry.hostsample import HostSample
+from foundry.contracts import HealAction, HealEvent, HostSample, SlotKind
 from foundry.servers import ServerProcess, free_port
 from foundry.settings import Settings
 from monitor import create_app
@@ -165,22 +165,25 @@ async def test_task_and_heal_events_become_counters(
     async def publish(subject: str, **body: Any) -> None:
         await nc.publish(subject, codec.dumps(body))
 
+    async def heal(action: HealAction, slot_kind: SlotKind | None = None, **body: Any) -> None:
+        event = HealEvent(action, "host-a", slot_kind=slot_kind, **body)
+        await nc.publish(names.heal_event(action), event.to_payload())
+
     # When the gateway and the healer publish events (as they do on these subjects)
     await publish(names.task_event("queued", "coder"), task_id="a")
     await publish(names.task_event("queued", "coder"), task_id="b")
     await publish(names.task_event("dead", "critic"), task_id="c")
-    await publish(names.heal_event("relaunch"), agent_type="coder", slot="coder-0",
-                  slot_kind="worker", reason="exit", detect_seconds=0.4)  # fmt: skip
-    await publish(names.heal_event("relaunch"), agent_type="coder", slot="coder-0",
-                  slot_kind="worker", reason="made-up")  # fmt: skip
-    await publish(names.heal_event("relaunch"), agent_type="gateway", slot="gateway",
-                  slot_kind="service", reason="exit")  # fmt: skip
-    await publish(names.heal_event("kill_silent"), agent_type="coder", slot="coder-0")
-    await publish(names.heal_event("quarantine"), agent_type="critic", slot="critic-0",
-                  restarts=6)  # fmt: skip
-    await publish(names.heal_event("remediate"), policy="disk", action="clean_logs",
-                  outcome="dry_run")  # fmt: skip
-    await publish(names.heal_event("relaunch"), agent_type="Not A Type", reason="exit")
+    worker, service = SlotKind.WORKER, SlotKind.SERVICE
+    await heal(HealAction.RELAUNCH, worker, agent_type="coder", slot="coder-0", reason="exit",
+               details={"detect_seconds": 0.4})  # fmt: skip
+    await heal(HealAction.RELAUNCH, worker, agent_type="coder", slot="coder-0", reason="made-up")
+    await heal(HealAction.RELAUNCH, service, agent_type="gateway", slot="gateway", reason="exit")
+    await heal(HealAction.KILL_SILENT, worker, agent_type="coder", slot="coder-0")
+    await heal(HealAction.QUARANTINE, worker, agent_type="critic", slot="critic-0",
+               details={"restarts": 6})  # fmt: skip
+    await heal(HealAction.REMEDIATE, reason="disk over threshold",
+               details={"policy": "disk", "step": "clean_logs", "outcome": "dry_run"})  # fmt: skip
+    await heal(HealAction.RELAUNCH, agent_type="Not A Type", reason="exit")
     await nc.flush()
 
     # Then each shows up under few, fixed label values (subscriptions run independently,
@@ -214,7 +217,7 @@ async def test_task_and_heal_events_become_counters(
     assert not any("Not A Type" in dict(labels).get("agent_type", "") for _, labels in m)
     assert value(m, "foundry_workers", agent_type="gateway", state="idle") is None
     # When the slot is released, it leaves quarantine
-    await publish(names.heal_event("release"), agent_type="critic", slot="critic-0")
+    await heal(HealAction.RELEASE, worker, agent_type="critic", slot="critic-0")
 
     async def released() -> bool:
         m = await mon.metrics()

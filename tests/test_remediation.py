@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from foundry import codec
+from foundry.contracts import HostSample
 from foundry.errors import ConfigError
 from foundry.servers import free_port, port_open
 from foundry.settings import Settings
@@ -243,15 +243,8 @@ async def test_hot_cpu_throttles_the_busiest_type_and_restores_it(
     host = socket.gethostname()
 
     async def publish(cpu: float) -> None:
-        sample = {
-            "host": host,
-            "at": time.time(),
-            "cpu_percent": cpu,
-            "memory_percent": 1.0,
-            "disks": [],
-            "processes": [],
-        }
-        await nc.publish(settings.names.host(host), codec.dumps(sample))
+        sample = HostSample(host, time.time(), cpu, 0.1, memory_percent=1.0, swap_percent=0.0)
+        await nc.publish(settings.names.host(host), sample.to_payload())
 
     async with watch(nc, settings) as events:
         start_healer(procs, settings)
@@ -260,9 +253,9 @@ async def test_hot_cpu_throttles_the_busiest_type_and_restores_it(
         for _ in range(60):
             await publish(99.0)
             await asyncio.sleep(0.2)
-            if events.of("remediate", policy="cpu", action="throttle"):
+            if events.of("remediate", policy="cpu", step="throttle"):
                 break
-        throttle = events.of("remediate", policy="cpu", action="throttle")
+        throttle = events.of("remediate", policy="cpu", step="throttle")
         assert throttle and throttle[0]["after"]["concurrency"] == 4
         target = throttle[0]["target"]
         # Then that type's workers run at the lower concurrency (seen in heartbeats)
@@ -283,9 +276,9 @@ async def test_hot_cpu_throttles_the_busiest_type_and_restores_it(
         for _ in range(60):
             await publish(5.0)
             await asyncio.sleep(0.2)
-            if events.of("remediate", policy="cpu", action="restore"):
+            if events.of("remediate", policy="cpu", step="restore"):
                 break
-        assert events.of("remediate", policy="cpu", action="restore", target=target)
+        assert events.of("remediate", policy="cpu", step="restore", target=target)
         await eventually(
             lambda: any(
                 b["agent_type"] == target and b["concurrency"] == 8 for b in events.beats[-10:]
@@ -311,7 +304,7 @@ async def test_hung_embedded_redis_is_restarted_after_failed_probes(
         os.kill(pid, signal.SIGSTOP)
         # Then after FOUNDRY_PROBE_FAILURES failed probes the healer restarts it
         restart = await eventually(lambda: events.of("remediate", policy="reachability"), 40)
-    assert restart[0]["action"] == "restart" and restart[0]["outcome"] == "done"
+    assert restart[0]["step"] == "restart" and restart[0]["outcome"] == "done"
     assert restart[0]["after"]["old_pid"] == pid and restart[0]["after"]["new_pid"] != pid
     # and tasks complete again
     gw = await make_gateway(settings)

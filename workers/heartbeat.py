@@ -15,8 +15,7 @@ from collections.abc import Callable
 import psutil
 from nats.aio.client import Client as NATS
 
-from foundry import codec
-from foundry.messages import Heartbeat
+from foundry.contracts import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class HeartbeatSender:
     async def send_once(self, refresh: bool = True) -> None:
         beat = self.fill(self.snapshot(), refresh)
         try:
-            await self.nc.publish(self.subject, codec.dumps(beat))
+            await self.nc.publish(self.subject, beat.to_payload())
         except Exception as exc:  # disconnected: the next beat tries again
             log.debug("heartbeat not sent: %s", exc)
 

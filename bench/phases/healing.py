@@ -27,7 +27,9 @@ from bench.cluster import FoundryCluster
 from bench.stats import summary
 from bench.workload import Completions, Counter, make_tasks, publish_all
 from foundry import codec
-from foundry.messages import COMPLETED
+from foundry.contracts import TaskStatus
+
+COMPLETED = TaskStatus.COMPLETED
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from foundry.messages import Heartbeat
+from foundry.contracts import Heartbeat, HostSample
 
 if TYPE_CHECKING:
     from foundry.settings import Settings
@@ -41,7 +41,7 @@ class Actuator(Protocol):
 class HostView:
     """What a policy sees: the latest host sample (if fresh), worker beats, our probes."""
 
-    sample: dict[str, Any] | None
+    sample: HostSample | None
     beats: dict[str, Heartbeat]  # slot name → last heartbeat of its current process
     nats_ok: bool = True
     redis_ok: bool = True

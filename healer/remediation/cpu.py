@@ -26,7 +26,7 @@ class CpuPolicy(Policy):
         sample = view.sample
         if sample is None:
             return []
-        cpu = float(sample.get("cpu_percent", 0.0))
+        cpu = sample.cpu_percent
         if cpu >= self.settings.cpu_threshold:
             self.hot, self.cool = self.hot + 1, 0
         else:

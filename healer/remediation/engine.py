@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from foundry.contracts import HealAction
 from healer.remediation.base import HostView, Outcome, Policy
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Remediator:
                         outcome = Outcome("failed", detail=f"{type(exc).__name__}: {exc}")
                 record = {
                     "policy": action.policy,
-                    "action": action.action,
+                    "step": action.action,
                     "target": action.target,
                     "reason": action.reason,
                     "outcome": outcome.outcome,
@@ -55,7 +56,7 @@ class Remediator:
                     "detail": outcome.detail,
                     "dry_run": self.dry_run,
                 }
-                await self.emit("remediate", **record)
+                await self.emit(HealAction.REMEDIATE, **record)
                 self.recent = [record, *self.recent[:19]]
                 done.append(record)
         return done

@@ -32,7 +32,7 @@ class MemoryPolicy(Policy):
                     )
         sample = view.sample
         threshold = self.settings.memory_threshold
-        if sample is not None and view.beats and sample.get("memory_percent", 0) >= threshold:
+        if sample is not None and view.beats and sample.memory_percent >= threshold:
             worker_id, beat = max(view.beats.items(), key=lambda kv: kv[1].rss_bytes)
             if all(a.target != worker_id for a in actions):
                 actions.append(
@@ -40,10 +40,10 @@ class MemoryPolicy(Policy):
                         self.name,
                         "recycle",
                         worker_id,
-                        f"host memory {sample['memory_percent']:.1f}% ≥ {threshold:g}% "
+                        f"host memory {sample.memory_percent:.1f}% ≥ {threshold:g}% "
                         "(FOUNDRY_MEMORY_THRESHOLD): recycling the largest worker",
                         before={
-                            "memory_percent": sample["memory_percent"],
+                            "memory_percent": sample.memory_percent,
                             "rss_bytes": beat.rss_bytes,
                             "pid": beat.pid,
                         },
