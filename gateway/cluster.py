@@ -146,7 +146,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 def _host_summary(sample: dict[str, Any] | None) -> dict[str, Any] | None:
-    """CPU, memory and the fullest watched disk, as the seed's dashboard showed them."""
+    """CPU, memory and the fullest watched disk, for the status view."""
     if not sample:
         return None
     disks = sample.get("disks") or []

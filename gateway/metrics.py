@@ -15,6 +15,8 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from foundry.rejections import REJECTIONS
+
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0, 60.0, 300.0)  # fmt: skip
@@ -73,6 +75,7 @@ def setup_metrics(app: web.Application) -> CollectorRegistry:
     # Process-wide: the *_created series would double the series count; nothing reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
+    registry.register(REJECTIONS)
     app.middlewares.insert(0, metrics_middleware(RequestMetrics(registry)))
     app[REGISTRY] = registry
     app.router.add_get("/metrics", make_aiohttp_handler(registry))

@@ -150,7 +150,7 @@ def make_settings(nats_url: str, redis_url: str, tmp_path: Path) -> Callable[...
             "gateway_port": 0,
             "healer_port": 0,
             "monitor_port": 0,
-            # The seed's roles default to llm/exec/webhook; flow tests want plain echo.
+            # The built-in roles default to llm/exec/webhook; flow tests want plain echo.
             "handlers": dict.fromkeys(TEST_FLEET, "echo"),
         }
         base.update(overrides)

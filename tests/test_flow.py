@@ -54,9 +54,7 @@ async def test_http_submit_reaches_workers_of_several_types(
         assert rec["finished_at"] >= rec["started_at"] >= rec["submitted_at"]
 
 
-async def test_seed_query_form_submit(
-    settings: Settings, gateway: Gateway, procs: ProcessGroup
-) -> None:
+async def test_query_form_submit(settings: Settings, gateway: Gateway, procs: ProcessGroup) -> None:
     procs.worker(settings, "coder")
     async with gateway.http.post(
         gateway.url("/api/cluster/task/submit"), params={"agent_type": "coder", "description": "hi"}

@@ -57,7 +57,7 @@ async def test_docs_example_runs_as_written(
     assert rec["status"] == "completed" and rec["result"]["attempt"] == 2, procs.logs()
 
 
-async def test_seed_roles_run_their_default_builtins(
+async def test_builtin_roles_run_their_default_handlers(
     make_settings: Any, make_gateway: Any, procs: ProcessGroup
 ) -> None:
     # Given a fake LLM server, a webhook receiver and no FOUNDRY_HANDLERS at all
@@ -114,7 +114,7 @@ async def test_seed_roles_run_their_default_builtins(
 async def test_unconfigured_builtins_fail_saying_what_to_set(
     make_settings: Any, make_gateway: Any, procs: ProcessGroup
 ) -> None:
-    # Given the seed's defaults with no LLM and no webhook configured
+    # Given the default bindings with no LLM and no webhook configured
     settings = make_settings(handlers={})
     gw = await make_gateway(settings)
     procs.worker(settings, "architect")

@@ -9,7 +9,7 @@ from foundry.errors import ConfigError
 from workers.builtin import BUILTIN_HANDLERS
 from workers.handlers import Handler
 
-# The seed's roles and what they run when FOUNDRY_HANDLERS says nothing.
+# The built-in roles and what they run when FOUNDRY_HANDLERS says nothing.
 DEFAULT_BINDINGS: dict[str, str] = {
     "architect": "llm",
     "coder": "llm",

@@ -1,4 +1,4 @@
-"""Role prompts for the ``llm`` handler: one per seed role, overridable per type or per task.
+"""Role prompts for the ``llm`` handler: one per built-in role, overridable per type or task.
 
 Order: ``input.system`` in the task, else ``<FOUNDRY_LLM_PROMPTS_DIR>/<agent_type>.txt``,
 else the built-in prompt below, else a generic one naming the agent type.
