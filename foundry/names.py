@@ -80,6 +80,10 @@ class Names:
     def dead(self, agent_type: str = "*") -> str:
         return f"{self.root}.dead.{agent_type}"
 
+    def cancel_notice(self) -> str:
+        """Where the healer tells every worker to stop a task it has marked cancelled."""
+        return f"{self.root}.control.cancel.notice"
+
     def worker_control(self, agent_type: str) -> str:
         """Subject that workers of one type listen on (e.g. concurrency changes)."""
         return f"{self.root}.control.workers.{agent_type}"

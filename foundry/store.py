@@ -29,7 +29,7 @@ DEAD, QUEUED = TaskStatus.DEAD, TaskStatus.QUEUED
 
 _FINAL_CHECK = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'completed' or st == 'failed' or st == 'dead' then return st end
+if st == 'completed' or st == 'failed' or st == 'dead' or st == 'cancelled' then return st end
 local d = tonumber(redis.call('HGET', KEYS[1], 'delivery') or '0')
 if tonumber(ARGV[1]) < d then return 'stale' end
 """
@@ -38,6 +38,11 @@ if tonumber(ARGV[1]) < d then return 'stale' end
 _CLAIM = (
     _FINAL_CHECK
     + """
+if redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[3],
+             'error', 'cancelled by request')
+  return 'cancelled'
+end
 redis.call('HSET', KEYS[1], 'status', 'running', 'delivery', ARGV[1], 'attempts', ARGV[1],
            'worker_id', ARGV[2], 'started_at', ARGV[3], 'agent_type', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'submitted_at', ARGV[6])
@@ -48,17 +53,23 @@ return 'ok'
 
 # KEYS: task key, result key. ARGV: delivery, status, result json, error, now, ttl, worker_id,
 #       agent_type
+# A task whose cancel was requested ends 'cancelled' whatever its handler returned (its
+# worker may have missed the notice); the script then answers 'cancelled', not 'ok'.
 _FINISH = (
     _FINAL_CHECK
     + """
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[4], 'finished_at', ARGV[5],
+local status, err, out = ARGV[2], ARGV[4], 'ok'
+if redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then
+  status, err, out = 'cancelled', 'cancelled by request', 'cancelled'
+end
+redis.call('HSET', KEYS[1], 'status', status, 'error', err, 'finished_at', ARGV[5],
            'worker_id', ARGV[7], 'delivery', ARGV[1], 'agent_type', ARGV[8])
 if redis.call('HEXISTS', KEYS[1], 'attempts') == 0 then
   redis.call('HSET', KEYS[1], 'attempts', ARGV[1])
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 redis.call('SET', KEYS[2], ARGV[3], 'EX', tonumber(ARGV[6]))
-return 'ok'
+return out
 """
 )
 
@@ -71,6 +82,22 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 'created'
 """
 
+
+# KEYS: task key. ARGV: now, ttl. Returns 'missing', 'final:<status>', 'cancelled' (it had
+# not started: it never will) or 'cancelling' (running: its worker stops it).
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st == 'completed' or st == 'failed' or st == 'dead' or st == 'cancelled' then
+  return 'final:' .. st
+end
+redis.call('HSET', KEYS[1], 'cancel_requested', ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if st == 'running' then return 'cancelling' end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1],
+           'error', 'cancelled before it started')
+return 'cancelled'
+"""
 
 _HEALER_FENCE = 1 << 30  # above any real delivery number: no worker writes after the healer
 
@@ -130,7 +157,9 @@ class TaskStore:
         self.redis = redis
         self.names = names
         self.ttl = ttl
-        self._scripts = ScriptBatcher(redis, {"claim": _CLAIM, "finish": _FINISH, "queue": _QUEUE})
+        self._scripts = ScriptBatcher(
+            redis, {"claim": _CLAIM, "finish": _FINISH, "queue": _QUEUE, "cancel": _CANCEL}
+        )
 
     async def queue(self, task_id: str, agent_type: str, now: float | None = None) -> str:
         """Record a submission; returns 'created' or the status already stored."""
@@ -174,7 +203,8 @@ class TaskStore:
         result: Any = None,
         error: str | None = None,
     ) -> str:
-        """Store a final status and result. Returns 'ok', 'stale' or the status already final."""
+        """Store a final status and result. Returns 'ok', 'cancelled' (it was cancelled
+        meanwhile: stored as such), 'stale' or the status already final."""
         out = await self._scripts.call(
             "finish",
             [self.names.task_key(task_id), self.names.result_key(task_id)],
@@ -188,6 +218,14 @@ class TaskStore:
                 worker_id,
                 agent_type,
             ],
+        )
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    async def cancel(self, task_id: str) -> str:
+        """Ask for a task to be cancelled: 'missing', 'final:<status>', 'cancelled' or
+        'cancelling' (a worker runs it and stops it on the cancel notice)."""
+        out = await self._scripts.call(
+            "cancel", [self.names.task_key(task_id)], [time.time(), self.ttl]
         )
         return out.decode() if isinstance(out, bytes) else str(out)
 

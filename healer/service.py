@@ -84,6 +84,7 @@ class HealerService:
         self.control.route(ControlVerb.STATUS, self.operations.status)
         self.control.route(ControlVerb.HEAL, self.operations.heal)
         self.control.route(ControlVerb.RELEASE, self.operations.release)
+        self.control.route(ControlVerb.CANCEL, self.operations.cancel)
         self.http_port: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -117,6 +118,7 @@ class HealerService:
             self.emit,
         )
         self.watch.deadletters = deadletters
+        self.operations.connected(self.nc, store, self.names)
         await deadletters.start()
         await self.liveness.start(self.nc)
         await self.control.start(self.nc)

@@ -40,6 +40,10 @@ class EventMetrics:
             "foundry_tasks_dead", "Tasks moved to the dead letter stream (task.dead events).",
             ["agent_type"], registry=registry,
         )  # fmt: skip
+        self.cancelled = Counter(
+            "foundry_tasks_cancelled", "Tasks cancelled by request (task.cancelled events).",
+            ["agent_type"], registry=registry,
+        )  # fmt: skip
         self.heal = Counter(
             "foundry_heal_events", "Heal events by action.", ["action"], registry=registry
         )
@@ -83,6 +87,7 @@ class EventMetrics:
         """Series exist from the start (at zero), so alerts and panels see every type."""
         self.submitted.labels(agent_type)
         self.dead.labels(agent_type)
+        self.cancelled.labels(agent_type)
         self.silent_kills.labels(agent_type)
         self.quarantines.labels(agent_type)
         self.quarantined.labels(agent_type).set(0)
@@ -106,6 +111,8 @@ class EventMetrics:
             self.submitted.labels(checked).inc()
         elif status == TaskStatus.DEAD:
             self.dead.labels(checked).inc()
+        elif status == TaskStatus.CANCELLED:
+            self.cancelled.labels(checked).inc()
 
     # ---- heal events -----------------------------------------------------------------
     def on_heal_event(self, event: HealEvent) -> None:

@@ -84,6 +84,7 @@ class Monitor:
             (self.names.heartbeat("*", "*"), self._on_beat),
             (self.names.task_event("queued", "*"), self._on_task_event),
             (self.names.task_event("dead", "*"), self._on_task_event),
+            (self.names.task_event("cancelled", "*"), self._on_task_event),
             (self.names.heal_event("*"), self._on_heal_event),
         )
         for subject, cb in subscriptions:

@@ -1,8 +1,9 @@
 """The in-flight table of one worker: what it holds, which handlers run, whose lease to extend.
 
-One owner for all three: entries by stream sequence (listed in heartbeats),
-the set of running handler tasks (awaited when draining or isolating), and the
-messages whose lease is kept alive by one loop for the whole worker.
+One owner for all of it: entries by stream sequence (listed in heartbeats),
+the running handler task of each (awaited when draining or isolating, cancelled
+when its task is cancelled by request), and the messages whose lease is kept
+alive by one loop for the whole worker.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class InFlight:
 
     def __init__(self, ack_wait: float, safe: Callable[[Awaitable[Any]], Awaitable[None]]) -> None:
         self.entries: dict[int, InFlightEntry] = {}
-        self.handlers: set[asyncio.Task[Any]] = set()
+        self.handlers: dict[int, asyncio.Task[Any]] = {}  # stream seq → its handler task
+        self.cancelled: set[int] = set()  # stream seqs whose task was cancelled by request
         self._leases: dict[int, Msg] = {}
         self._period = max(0.2, ack_wait / 3)
         self._safe = safe
@@ -44,6 +46,20 @@ class InFlight:
     def release(self, entry: InFlightEntry) -> None:
         self.entries.pop(entry.stream_seq, None)
         self._leases.pop(entry.stream_seq, None)
+        self.cancelled.discard(entry.stream_seq)
+
+    def cancel(self, task_id: str) -> bool:
+        """Stop the running handler of ``task_id`` (if this worker runs it)."""
+        for seq, entry in self.entries.items():
+            task = self.handlers.get(seq)
+            if entry.task_id == task_id and entry.running and task is not None:
+                self.cancelled.add(seq)
+                task.cancel()
+                return True
+        return False
+
+    def cancel_requested(self, entry: InFlightEntry) -> bool:
+        return entry.stream_seq in self.cancelled
 
     def hold(self, msg: Msg, entry: InFlightEntry) -> None:
         """Keep the lease of a message whose handler does not run (yet)."""
@@ -60,10 +76,15 @@ class InFlight:
         """Run a handler task for ``entry``; tracked until it ends."""
         entry.running = True
         self._leases.pop(entry.stream_seq, None)  # the handler keeps its own lease from here
+        seq = entry.stream_seq
         task = asyncio.create_task(coro)
-        self.handlers.add(task)
-        task.add_done_callback(self.handlers.discard)
+        self.handlers[seq] = task
+        task.add_done_callback(lambda done: self._ended(seq, done))
         return task
+
+    def _ended(self, seq: int, task: asyncio.Task[Any]) -> None:
+        if self.handlers.get(seq) is task:
+            del self.handlers[seq]
 
     def snapshot(self) -> list[InFlightEntry]:
         return list(self.entries.values())
@@ -72,7 +93,7 @@ class InFlight:
         """Wait for the running handlers; returns those still running after ``within`` s."""
         if not self.handlers:
             return set()
-        _, pending = await asyncio.wait(set(self.handlers), timeout=within)
+        _, pending = await asyncio.wait(set(self.handlers.values()), timeout=within)
         return pending
 
     async def keep_leases(self) -> None:

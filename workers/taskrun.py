@@ -78,7 +78,13 @@ class TaskRunner:
         try:
             await self._process(msg, entry)
         except asyncio.CancelledError:
-            await safe(msg.nak())
+            if not self.inflight.cancel_requested(entry):
+                await safe(msg.nak())  # drained or stopped: another worker takes it
+                return
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._finish(msg, entry, TaskStatus.CANCELLED, None, "cancelled by request", 0)
         except Exception:
             log.exception("unexpected error handling stream seq %s; nak", entry.stream_seq)
             await safe(msg.nak(delay=self.settings.retry_delay))
@@ -108,7 +114,7 @@ class TaskRunner:
         )
         if claim is None:
             return
-        if claim in FINAL_STATUSES:  # a duplicate delivery of a finished task
+        if claim in FINAL_STATUSES:  # a finished (or cancelled) task: never run it again
             # its worker may have died between storing the result and announcing it:
             # announce again so long-polls wake, then ack
             await self._event(TaskStatus(claim), task.task_id, entry.delivery, duplicate=True)
@@ -205,13 +211,15 @@ class TaskRunner:
         )  # fmt: skip
         if outcome is None or outcome == "stale":
             return  # nak'ed for a cache outage, or a later delivery owns the task: no ack
-        if outcome == "ok":
+        if outcome == "cancelled":
+            status, error = TaskStatus.CANCELLED, "cancelled by request"
+        if outcome in ("ok", "cancelled"):
             c = self.counters
             c.task_seconds += took
             c.task_hist.observe(took)
             if status is TaskStatus.COMPLETED:
                 c.processed += 1
-            else:
+            elif status is TaskStatus.FAILED:
                 c.failed += 1
             await self._event(
                 status, entry.task_id, entry.delivery, error=error, duration_seconds=round(took, 6)

@@ -22,7 +22,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from foundry.contracts import Heartbeat, InFlightEntry, WorkerControl, WorkerState
+from foundry.contracts import (
+    ControlRequest,
+    ControlVerb,
+    Heartbeat,
+    InFlightEntry,
+    WorkerControl,
+    WorkerState,
+)
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.settings import Settings
@@ -97,6 +104,7 @@ class Worker:
             durable=self.names.consumer(self.agent_type), stream=self.names.tasks_stream
         )
         await nc.subscribe(self.names.worker_control(self.agent_type), cb=self._on_control)
+        await nc.subscribe(self.names.cancel_notice(), cb=self._on_cancel)
         self.state = WorkerState.IDLE
         fetcher = spawn(self._fetch_loop(psub), self._tasks)
         await stop.wait()
@@ -137,6 +145,14 @@ class Worker:
         self.concurrency = change.concurrency or self.default_concurrency
         log.info("concurrency set to %d by control message", self.concurrency)
         self._slot_free.set()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """The healer marked a running task cancelled: stop it if it runs here."""
+        request = REJECTIONS.parse(
+            lambda: ControlRequest.from_payload(ControlVerb.CANCEL, msg.data), msg.subject
+        )
+        if request is not None and request.task_id and self.inflight.cancel(request.task_id):
+            log.info("task %s cancelled by request", request.task_id)
 
     def snapshot(self) -> Heartbeat:
         c = self.runner.counters if self.runner is not None else None

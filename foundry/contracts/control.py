@@ -3,6 +3,8 @@
 - ``agents.control.<verb>`` → the healer: :class:`ControlRequest` in,
   :class:`ControlReply` out. An error reply carries ``error`` (a sentence) and
   ``code`` (``bad_request``, ``not_found``, ``conflict``, ``internal``).
+- ``agents.control.cancel.notice`` → every worker: the ``cancel`` request, passed on
+  once the task is marked cancelled.
 - ``agents.control.workers.<type>`` → every worker of a type:
   :class:`WorkerControl` (a concurrency change).
 """
@@ -16,6 +18,7 @@ from foundry import codec
 from foundry.contracts.enums import ControlVerb
 from foundry.contracts.fields import MessageRejected, Reader
 from foundry.contracts.heartbeat import WORKER_ID_RE
+from foundry.contracts.task import TASK_ID_RE
 
 MAX_CONTROL_BYTES = 64 * 1024
 ERROR_CODES = ("bad_request", "not_found", "conflict", "internal")
@@ -25,13 +28,16 @@ _worker = Reader("worker_control")
 
 @dataclass(frozen=True)
 class ControlRequest:
-    """A request to the healer; ``worker_id`` names the slot for ``release``."""
+    """A request to the healer: ``worker_id`` names the slot to ``release``, ``task_id``
+    the task to ``cancel``."""
 
     verb: ControlVerb
     worker_id: str | None = None
+    task_id: str | None = None
 
     def to_payload(self) -> bytes:
-        return codec.dumps({"worker_id": self.worker_id} if self.worker_id else {})
+        body = {"worker_id": self.worker_id, "task_id": self.task_id}
+        return codec.dumps({k: v for k, v in body.items() if v is not None})
 
     @classmethod
     def from_payload(cls, verb: ControlVerb, data: bytes) -> ControlRequest:
@@ -39,21 +45,25 @@ class ControlRequest:
         worker_id = _req.string(
             body, "worker_id", required=verb is ControlVerb.RELEASE, pattern=WORKER_ID_RE
         )
-        return cls(verb, worker_id)
+        task_id = _req.string(
+            body, "task_id", required=verb is ControlVerb.CANCEL, pattern=TASK_ID_RE
+        )
+        return cls(verb, worker_id, task_id)
 
 
 @dataclass(frozen=True)
 class ControlReply:
-    """The healer's answer: ``body`` on success, else ``error`` and ``code``."""
+    """The healer's answer: ``body`` on success, else ``error`` and ``code`` (with any
+    figures that explain the error in ``body``)."""
 
     body: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     code: str | None = None
 
     @classmethod
-    def failure(cls, code: str, error: str) -> ControlReply:
+    def failure(cls, code: str, error: str, **extra: Any) -> ControlReply:
         assert code in ERROR_CODES, code
-        return cls(error=error, code=code)
+        return cls(body=extra, error=error, code=code)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +71,7 @@ class ControlReply:
 
     def to_payload(self) -> bytes:
         if self.error is not None:
-            return codec.dumps({"error": self.error, "code": self.code})
+            return codec.dumps({**self.body, "error": self.error, "code": self.code})
         return codec.dumps(self.body)
 
     @classmethod
@@ -69,8 +79,9 @@ class ControlReply:
         body = _req.object(data, 16 * 1024 * 1024)
         if "error" in body:
             error = _req.string(body, "error")
-            code = body.get("code")
-            return cls(error=error, code=code if code in ERROR_CODES else "internal")
+            code = body.pop("code", None)
+            extra = {k: v for k, v in body.items() if k != "error"}
+            return cls(extra, error, code if code in ERROR_CODES else "internal")
         return cls(body=body)
 
 

@@ -18,13 +18,16 @@ class TaskStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
     @property
     def final(self) -> bool:
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.DEAD})
+FINAL_STATUSES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED}
+)
 
 
 class WorkerState(StrEnum):
@@ -105,6 +108,7 @@ class ControlVerb(StrEnum):
     STATUS = "status"
     HEAL = "heal"
     RELEASE = "release"
+    CANCEL = "cancel"
 
 
 def values(enum: type[StrEnum]) -> tuple[str, ...]:
