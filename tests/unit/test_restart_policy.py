@@ -31,7 +31,7 @@ def test_delay_with_another_base_and_cap() -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=OverflowError,
-    reason="healer/slots.py RestartPolicy.delay: backoff_base * 2 ** (consecutive - 2) "
+    reason="healer/slots.py:51 RestartPolicy.delay: backoff_base * 2 ** (consecutive - 2) "
     "converts a huge int to float before the cap, OverflowError from consecutive=1026",
 )
 def test_delay_stays_capped_after_a_thousand_consecutive_deaths() -> None:
