@@ -1,4 +1,5 @@
-# The front door: `make up` runs a local cluster, `make test` runs the suite.
+# The front door: `make up` runs a local cluster, `make test` runs the suite,
+# `make unit` only the unit tests (no servers, seconds).
 # Each target creates .venv and installs what it needs on first use.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 ARGS   ?=
 
-.PHONY: up test lint bench install clean prometheus-tools
+.PHONY: up test unit lint bench install clean prometheus-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -43,6 +44,10 @@ prometheus-tools:
 
 test: $(STAMP) prometheus-tools
 	$(PY) -m pytest
+
+# tests/unit: contracts, policies and parsers; no NATS, Redis, subprocess or network
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
 
 # `make bench ARGS=--codec-compare`, `ARGS=--profile`, `ARGS=--quick`: see python -m bench --help
 bench: $(BENCH_STAMP)
