@@ -31,6 +31,8 @@ class ScriptBatcher:
 
     async def call(self, name: str, keys: list[Any], args: list[Any]) -> Any:
         """Run script ``name``; raises CacheUnavailable when Redis fails."""
+        if name not in self.shas:
+            raise KeyError(f"no script {name!r} (known: {', '.join(sorted(self.shas))})")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._pending:

@@ -56,7 +56,7 @@ def ack_target(reply: str) -> tuple[str, str, int] | None:
         stream, consumer, seq = tokens[4], tokens[5], tokens[7]
     else:
         return None
-    return (stream, consumer, int(seq)) if seq.isdigit() else None
+    return (stream, consumer, int(seq)) if seq.isascii() and seq.isdigit() else None
 
 
 class DeadLetters:

@@ -48,7 +48,8 @@ class RestartPolicy:
         """0 for the first relaunch, then base, 2*base, 4*base ... capped."""
         if consecutive <= 1:
             return 0.0
-        return float(min(self.backoff_max, self.backoff_base * 2 ** (consecutive - 2)))
+        doublings = min(consecutive - 2, 64)  # past 2**64 the cap has long been reached
+        return float(min(self.backoff_max, self.backoff_base * 2**doublings))
 
 
 @dataclass

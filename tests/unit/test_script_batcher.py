@@ -177,13 +177,6 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
     assert gone.cancelled() and len(client.batches[0]) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="foundry/scripts.py ScriptBatcher._run catches only RedisError and OSError: an "
-    "unknown script name raises KeyError in _execute (self.shas[name]), the batch task dies "
-    "and every caller of that batch, the valid ones too, waits forever",
-)
 async def test_an_unknown_script_name_leaves_no_caller_waiting() -> None:
     b = batcher(StandIn())
     valid = asyncio.ensure_future(b.call("claim", ["k:1"], []))
