@@ -1,7 +1,8 @@
 """Message types carried on NATS and stored in Redis, as JSON.
 
 A task arrives either as a JSON object (``description``, optional ``input``,
-optional ``task_id``) or as plain text (the text is the description). Its id
+optional ``task_id``, optional ``submitted_by``: who submitted it, as the
+gateway states it) or as plain text (the text is the description). Its id
 is the ``Nats-Msg-Id`` header, else the payload's ``task_id``, else
 ``seq-<stream sequence>``.
 """
@@ -44,6 +45,7 @@ class Task:
     description: str
     input: Any = None
     submitted_at: float | None = None
+    submitted_by: str | None = None
 
     def to_payload(self) -> bytes:
         body: dict[str, Any] = {"task_id": self.task_id, "description": self.description}
@@ -51,6 +53,8 @@ class Task:
             body["input"] = self.input
         if self.submitted_at is not None:
             body["submitted_at"] = self.submitted_at
+        if self.submitted_by is not None:
+            body["submitted_by"] = self.submitted_by
         return codec.dumps(body)
 
 
@@ -98,12 +102,14 @@ def parse_task(
     if not description and body.get("input") is None:
         raise _malformed(task_id, "task has neither 'description' nor 'input'")
     submitted = body.get("submitted_at")
+    submitter = body.get("submitted_by")
     return Task(
         task_id,
         agent_type,
         description,
         body.get("input"),
         float(submitted) if isinstance(submitted, int | float) else None,
+        submitter[:200] if isinstance(submitter, str) and submitter else None,
     )
 
 

@@ -39,7 +39,14 @@ from foundry.messages import (
 from foundry.runtime import spawn
 from foundry.settings import Settings
 from foundry.store import TaskStore
-from workers.handlers import Handler, RetryableError, TaskContext, TaskFailed
+from workers.handlers import (
+    Handler,
+    RetryableError,
+    TaskContext,
+    TaskFailed,
+    close_handler,
+    setup_handler,
+)
 from workers.heartbeat import HeartbeatSender
 
 log = logging.getLogger(__name__)
@@ -137,6 +144,7 @@ class Worker:
             durable=self.names.consumer(self.agent_type), stream=self.names.tasks_stream
         )
         await nc.subscribe(self.names.worker_control(self.agent_type), cb=self._on_control)
+        await setup_handler(self.handler, self.settings)
         self.state = "idle"
         fetcher = spawn(self._fetch_loop(psub), self._tasks)
         await stop.wait()
@@ -147,6 +155,7 @@ class Worker:
         await beat.send_once()
         await asyncio.wait({fetcher}, timeout=FETCH_TIMEOUT + 1)
         await self._drain()
+        await close_handler(self.handler)
         self.state = "stopped"
         await beat.send_once()
         beat_task.cancel()
@@ -366,6 +375,7 @@ class Worker:
             worker_id=self.worker_id,
             settings=self.settings,
             _progress=progress,
+            submitted_by=task.submitted_by,
         )
         self._leases[entry.stream_seq] = msg
         started = time.monotonic()
