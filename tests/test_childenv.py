@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from nats.aio.client import Client as NATS
 
 from foundry.childenv import env_for, inherited, looks_secret
 from foundry.settings import Settings
 from tests.cluster import start_healer, wait_running
 from tests.conftest import eventually
-from tests.procs import ProcessGroup
+from tests.procs import ROOT, ProcessGroup
 
 LLM_KEY, HOOK_SECRET, PARENT_KEY = "sk-child-llm-77", "whsec-child-88", "sk-parent-openai-99"
 
@@ -101,3 +102,16 @@ async def test_healer_children_hold_only_their_secrets(
     # ... and the custom worker what was granted to its type
     assert env["reviewer-0"]["OPENAI_API_KEY"] == PARENT_KEY
     assert "FOUNDRY_LLM_API_KEY" not in env["reviewer-0"]
+
+
+def test_compose_gives_handler_secrets_to_the_healer_only() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    secret_vars = {"FOUNDRY_LLM_API_KEY", "FOUNDRY_WEBHOOK_SECRET", "FOUNDRY_DEPLOY_WEBHOOK_URL"}
+    assert secret_vars <= set(services["healer"]["environment"])
+    for name in ("gateway", "monitor"):
+        assert not secret_vars & set(services[name]["environment"]), name
+    # the healer's exec workers need namespaces and a /proc mount inside the container
+    assert {"seccomp=unconfined", "systempaths=unconfined"} <= set(
+        services["healer"]["security_opt"]
+    )
