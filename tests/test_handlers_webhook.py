@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from foundry.messages import parse_task
 from foundry.settings import Settings
 from tests.fakes import WebhookReceiver, make_ctx, serve, webhook_app
 from workers.builtin.webhook import MAX_BODY, SIGNATURE_HEADER, WebhookHandler, webhook_handler
@@ -134,3 +135,16 @@ async def test_one_session_per_worker(receiver: tuple[WebhookReceiver, str]) -> 
     finally:
         await handler.close()
     assert handler.session is None
+
+
+def test_submitted_by_is_read_from_the_payload_not_the_input() -> None:
+    task = parse_task(b'{"description": "x", "submitted_by": "tok-ci"}', None, "deployer", 1, 1024)
+    assert task.submitted_by == "tok-ci"
+    forged = parse_task(b'{"input": {"submitted_by": "admin"}}', None, "deployer", 2, 1024)
+    assert forged.submitted_by is None
+    assert (
+        parse_task(
+            b'{"description": "x", "submitted_by": 7}', None, "deployer", 3, 1024
+        ).submitted_by
+        is None
+    )
