@@ -120,12 +120,14 @@ class _Capture:
         if stream is None:
             return
         while chunk := await stream.read(READ_CHUNK):
+            if self.truncated:
+                continue  # read on, to the end: a paused pipe would never report its close
             room = self.cap - len(self.data)
             if len(chunk) > room:
                 self.data += chunk[: max(room, 0)]
                 self.truncated = True
                 self.overflow.set()
-                return
+                continue
             self.data += chunk
 
 
@@ -134,6 +136,19 @@ async def _exit_of(proc: asyncio.subprocess.Process) -> None:
     background process that still holds its stdout or stderr."""
     while proc.returncode is None:  # noqa: ASYNC110 - no event exists for "leader exited"
         await asyncio.sleep(EXIT_POLL)
+
+
+async def _settle(proc: asyncio.subprocess.Process) -> None:
+    """Wait, bounded, until the program has exited and its pipes are closed: processes in
+    a box die a moment after bubblewrap, and ``proc.wait()`` returns at once once the
+    exit status is known, pipes open or not."""
+
+    async def eof(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and await stream.read(READ_CHUNK):
+            pass
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(proc.wait(), eof(proc.stdout), eof(proc.stderr)), 5)
 
 
 def _kill_group(pgid: int) -> None:
@@ -294,7 +309,7 @@ async def run_sandboxed(
         _kill_group(proc.pid)  # the program, or what it left running in the background
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 5)  # returns once the pipes are closed too
-        await asyncio.wait(pumps, timeout=1)
+        await asyncio.wait(pumps, timeout=5)
         if overflow.is_set():
             limit = limit or "output_bytes"
         return Outcome(
@@ -310,11 +325,11 @@ async def run_sandboxed(
     finally:
         for pump in pumps:
             pump.cancel()
+        if pumps:
+            await asyncio.wait(pumps, timeout=1)
         if proc is not None:
             _kill_group(proc.pid)
-            if proc.returncode is None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(proc.wait(), 5)
+            await _settle(proc)
         prep.release()
         if prep.tempdir is not None:
             await asyncio.to_thread(_remove_tree, prep.tempdir)
