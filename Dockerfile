@@ -13,7 +13,12 @@ COPY monitor monitor
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 foundry \
+# bubblewrap: the exec handler's sandbox (see docs/handlers.md for what the container
+# must allow: user namespaces and a /proc mount, e.g. compose.yaml's healer service).
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 foundry \
     && mkdir /data && chown foundry:foundry /data
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 ARGS   ?=
 
-.PHONY: up test unit lint bench install clean prometheus-tools
+.PHONY: up test unit lint bench install clean prometheus-tools sandbox-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
@@ -26,7 +26,20 @@ $(BENCH_STAMP): $(STAMP)
 
 install: $(STAMP)
 
-up: $(STAMP)
+# The exec handler runs task code under bubblewrap and refuses to run it without.
+# Where bwrap is missing and we are root with apt-get, install Debian's package once;
+# otherwise exec tasks fail saying why and the sandbox tests skip (fail under CI=true).
+sandbox-tools:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (Debian package) for the exec sandbox"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        --no-install-recommends bubblewrap; } >/dev/null 2>&1 \
+	      || echo "could not install bubblewrap: exec tasks will fail until it is installed"; \
+	  else echo "bubblewrap (bwrap) is missing: exec tasks will fail until it is installed"; fi; \
+	fi
+
+up: $(STAMP) sandbox-tools
 	$(VENV)/bin/foundry up
 
 # The observability tests run a real Prometheus (prometheus + promtool). Where they
@@ -42,7 +55,7 @@ prometheus-tools:
 	  fi; \
 	fi
 
-test: $(STAMP) prometheus-tools
+test: $(STAMP) prometheus-tools sandbox-tools
 	$(PY) -m pytest
 
 # tests/unit: contracts, policies and parsers; no NATS, Redis, subprocess or network

@@ -152,6 +152,53 @@ def _port(text: str) -> int:
     return value
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def conv(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return text
+
+    return conv
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names, blanks dropped."""
+    return tuple(w.strip() for w in text.split(",") if w.strip())
+
+
+def _uid_range(text: str) -> str:
+    """``first-last`` (inclusive) of unprivileged uids; empty: none."""
+    if not text:
+        return ""
+    match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
+    if not match:
+        raise ValueError("expected a uid range like 60000-60999")
+    first, last = int(match.group(1)), int(match.group(2))
+    if not 1000 <= first <= last < 2**31:
+        raise ValueError("the range must be ascending, from 1000 up (never root or system uids)")
+    return f"{first}-{last}"
+
+
+_VAR_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+
+
+def _grants(text: str) -> tuple[str, ...]:
+    """``type=VARIABLE`` items: which extra secret variables a type's worker may have."""
+    out: list[str] = []
+    for item in _words(text):
+        name, sep, var = (part.strip() for part in item.partition("="))
+        if not sep or not _VAR_RE.fullmatch(var):
+            raise ValueError(
+                f"{item!r} is not 'type=VARIABLE' (example: reviewer=FOUNDRY_LLM_API_KEY)"
+            )
+        try:
+            validate_agent_type(name)
+        except InvalidAgentType as exc:
+            raise ValueError(str(exc)) from None
+        out.append(f"{name}={var}")
+    return tuple(out)
+
+
 def _opt(var: str, conv: Callable[[str], Any], default: Any, repr: bool = True) -> Any:
     return field(default=default, repr=repr, metadata={"env": var, "conv": conv})
 
@@ -229,6 +276,13 @@ class Settings:
     exec_output_bytes: int = _opt("FOUNDRY_EXEC_OUTPUT_BYTES", _positive(int), 64 * 1024)
     exec_python: str = _opt("FOUNDRY_EXEC_PYTHON", str, "python3")
     exec_user: str = _opt("FOUNDRY_EXEC_USER", str, "nobody")
+    # How `exec` isolates task code: bubblewrap, or (explicitly) nothing beyond rlimits.
+    exec_isolation: str = _opt("FOUNDRY_EXEC_ISOLATION", _choice("bwrap", "none"), "bwrap")
+    exec_bwrap: str = _opt("FOUNDRY_EXEC_BWRAP", str, "bwrap")
+    exec_allow_network: bool = _opt("FOUNDRY_EXEC_ALLOW_NETWORK", _bool, False)
+    # Host uids for sandboxes when the worker runs as root: one per concurrent task.
+    exec_uids: str = _opt("FOUNDRY_EXEC_UIDS", _uid_range, "60000-60999")
+    exec_tmp_bytes: int = _opt("FOUNDRY_EXEC_TMP_BYTES", _size, 64 * 1024 * 1024)
     # Built-in handler `llm`: an OpenAI-compatible chat-completions server.
     llm_url: str = _opt(
         "FOUNDRY_LLM_URL", lambda t: _url(("http", "https"))(t) if t else "", "", repr=False
@@ -240,6 +294,11 @@ class Settings:
     llm_backoff: float = _opt("FOUNDRY_LLM_BACKOFF", _positive(float, 0.0, strict=False), 1.0)
     llm_stream: bool = _opt("FOUNDRY_LLM_STREAM", _bool, True)
     llm_prompts_dir: str = _opt("FOUNDRY_LLM_PROMPTS_DIR", str, "")
+    # Models a task may pick (FOUNDRY_LLM_MODEL is always allowed), the max_tokens cap,
+    # and whether a task may bring its own system messages.
+    llm_models: tuple[str, ...] = _opt("FOUNDRY_LLM_MODELS", _words, ())
+    llm_max_tokens: int = _opt("FOUNDRY_LLM_MAX_TOKENS", _positive(int), 4096)
+    llm_allow_system: bool = _opt("FOUNDRY_LLM_ALLOW_SYSTEM", _bool, False)
     # Built-in handler `webhook`. The URL may embed a token: kept out of repr too.
     deploy_webhook_url: str = _opt(
         "FOUNDRY_DEPLOY_WEBHOOK_URL",
@@ -249,6 +308,8 @@ class Settings:
     )
     webhook_secret: str = _opt("FOUNDRY_WEBHOOK_SECRET", str, "", repr=False)
     webhook_timeout: float = _opt("FOUNDRY_WEBHOOK_TIMEOUT", _positive(float), 10.0)
+    # Extra secret variables for custom handlers, per type (see foundry.childenv).
+    handler_secrets: tuple[str, ...] = _opt("FOUNDRY_HANDLER_SECRETS", _grants, ())
     monitor_host: str = _opt("FOUNDRY_MONITOR_HOST", str, "127.0.0.1")
     # Paths whose disk the monitor watches, comma-separated; empty means the data dir.
     watch_paths: tuple[Path, ...] = _opt("FOUNDRY_WATCH_PATHS", _paths, ())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from foundry.childenv import env_for
 from foundry.contracts import SlotKind
 from foundry.errors import ConfigError
 from foundry.servers import nats_command, redis_command
@@ -29,7 +31,6 @@ def _local(url: str, var: str) -> None:
 
 def build_slots(settings: Settings, services: list[str], embedded: list[str]) -> list[Slot]:
     """Servers first, then services, then one worker slot per (type, index)."""
-    env = settings.to_env()
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     slots: list[Slot] = []
@@ -43,6 +44,7 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
         port: int | None = None,
     ) -> None:
         log_path = logs / f"{name}.log"
+        env = env_for(settings, kind, agent_type, os.environ)  # only the secrets it needs
         slots.append(Slot(name, kind, command, agent_type, index, env, log_path, port))
 
     for server in embedded:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 
+from foundry.childenv import inherited
 from foundry.contracts import HealAction, RelaunchReason, SlotKind, SlotState, StopReason
 from foundry.pidfiles import recorded_process, write_pidfile
 from foundry.runtime import spawn
@@ -101,7 +102,7 @@ class Supervisor:
             return  # never two copies of one slot
         slot.relaunch_handle = None
         old_pid = slot.pid
-        env = {**os.environ, **slot.env}
+        env = {**inherited(os.environ), **slot.env}  # no FOUNDRY_* or secret-named variables
         log_file = open(slot.log_path, "ab") if slot.log_path else None  # noqa: ASYNC230
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -32,6 +32,7 @@ def make_ctx(
     settings: Settings | None = None,
     description: str = "",
     notes: list[str | None] | None = None,
+    submitted_by: str | None = None,
 ) -> TaskContext:
     """A TaskContext as a worker builds it; progress notes are appended to ``notes``."""
 
@@ -48,6 +49,7 @@ def make_ctx(
         worker_id="test-worker",
         settings=settings or Settings(),
         _progress=progress,
+        submitted_by=submitted_by,
     )
 
 
@@ -67,7 +69,8 @@ class FakeLLM:
             body: dict[str, Any] = json.loads(raw)
         except ValueError:
             body = {}
-        self.requests.append({"headers": dict(request.headers), "body": body})
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.requests.append({"headers": dict(request.headers), "body": body, "peer": peer})
         mode = self.script.pop(0) if self.script else self.fallback
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -76,6 +79,8 @@ class FakeLLM:
             return web.json_response(error, status=int(mode))
         if mode == "garbage":
             return web.Response(text="<html>this is not JSON</html>", content_type="text/html")
+        if mode == "redirect":  # a server that points elsewhere (not to be followed)
+            raise web.HTTPTemporaryRedirect("http://127.0.0.1:9/v1/chat/completions?token=t0p")
         if mode == "no-choices":
             return web.json_response({"id": "cmpl-1", "object": "chat.completion"})
         if mode == "echo-key":  # a server that leaks the key into its error message
@@ -156,6 +161,7 @@ class WebhookReceiver:
 
     status: int = 200
     reply: bytes = b'{"deployed": true}'
+    location: str | None = None  # answer every POST with a 302 to this URL
     delay: float = 0.0
     verbose: bool = False
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
@@ -167,6 +173,8 @@ class WebhookReceiver:
             print(json.dumps({"headers": headers, "body": body.decode()}), flush=True)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.location is not None:
+            raise web.HTTPFound(self.location)
         return web.Response(body=self.reply, status=self.status, content_type="application/json")
 
 
@@ -179,6 +187,7 @@ def llm_app(fake: FakeLLM) -> web.Application:
 def webhook_app(receiver: WebhookReceiver) -> web.Application:
     app = web.Application()
     app.router.add_post("/deploy", receiver.receive)
+    app.router.add_post("/elsewhere", receiver.receive)
     return app
 
 

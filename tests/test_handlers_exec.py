@@ -1,4 +1,4 @@
-"""The ``exec`` built-in: real subprocesses in the sandbox, each limit hit for real."""
+"""The ``exec`` built-in: real programs in the bubblewrap sandbox, each limit hit for real."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ import pytest
 from foundry.settings import Settings
 from tests.conftest import eventually
 from tests.fakes import make_ctx
+from tests.sandboxing import require_bwrap
 from workers.builtin.exec import exec_handler
+from workers.builtin.uidpool import parse_range
 from workers.handlers import TaskFailed
 
 MiB = 1024 * 1024
+pytestmark = pytest.mark.usefixtures(require_bwrap.__name__)
 
 
 async def run(task_input: Any, settings: Settings | None = None) -> dict[str, Any]:
@@ -126,18 +129,19 @@ async def test_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
         "LC_CTYPE",
         "PYTHONDONTWRITEBYTECODE",
         "PYTHONUNBUFFERED",
+        "PWD",
     }
-    assert env["HOME"] == env["TMPDIR"]
 
 
-async def test_temp_dir_is_removed_afterwards() -> None:
+async def test_nothing_of_a_run_stays_on_the_host() -> None:
     # Given a program that fills its folder, locks a subfolder and leaves a process behind
+    before = sandbox_dirs()
     code = "mkdir -p deep/er && echo data > deep/er/file && chmod 000 deep\nsleep 30.5 &\npwd\n"
     out = await run({"language": "bash", "code": code})
-    workdir = Path(out["stdout"].strip())
-    # Then the folder is gone and so is the background process
-    assert workdir.name.startswith("foundry-exec-")
-    assert not _exists(workdir)
+    # Then it ran in the box's own work folder, nothing was made on the host, and the
+    # background process ended with the box
+    assert out["stdout"].strip() == "/sandbox" and out["isolation"] == "bwrap"
+    assert sandbox_dirs() <= before
     await eventually(lambda: not _running("sleep", "30.5"), 10)
 
 
@@ -195,8 +199,15 @@ def _running(name: str, arg: str) -> bool:
     return False
 
 
-async def test_a_root_worker_runs_code_as_the_sandbox_user() -> None:
-    # Documented behaviour: a worker running as root runs code as FOUNDRY_EXEC_USER (nobody).
-    out = await run({"code": "import os; print(os.getuid())"})
-    expected = pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else os.getuid()
-    assert int(out["stdout"]) == expected
+async def test_code_runs_as_a_uid_other_than_the_workers() -> None:
+    # When a program reports its uid
+    out = await run({"language": "bash", "code": "id -u"})
+    inside = int(out["stdout"].split()[0])
+    # Then it is not the worker's: a uid of FOUNDRY_EXEC_UIDS for a root worker, else
+    # "nobody" inside the box's user namespace
+    assert inside != os.getuid()
+    if os.geteuid() == 0:
+        first, last = parse_range(Settings().exec_uids) or (0, 0)
+        assert first <= inside <= last
+    else:
+        assert inside == pwd.getpwnam("nobody").pw_uid

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from foundry.contracts import parse_task
 from foundry.settings import Settings
 from tests.fakes import WebhookReceiver, make_ctx, serve, webhook_app
-from workers.builtin.webhook import MAX_BODY, SIGNATURE_HEADER, webhook_handler
+from workers.builtin.webhook import MAX_BODY, SIGNATURE_HEADER, WebhookHandler, webhook_handler
 from workers.handlers import TaskFailed
 
 SECRET = "whsec-test-secret"
@@ -49,6 +50,7 @@ async def test_body_and_signature(receiver: tuple[WebhookReceiver, str]) -> None
     assert sent["description"] == "ship v1.2"
     assert sent["input"] == {"version": "1.2", "env": "staging"}
     assert sent["attempt"] == 1 and sent["sent_at"] > 0
+    assert sent["submitted_by"] is None
     assert headers["X-Foundry-Task-Id"] == "t-1"
     assert headers["Content-Type"] == "application/json"
     # and the result is its status and body
@@ -96,3 +98,53 @@ async def test_not_configured_and_unreachable() -> None:
     # the URL's path (which may hold a token) is not echoed in errors
     err = await deploy_failing(Settings(deploy_webhook_url="http://127.0.0.1:1/hooks/s3cr3t"))
     assert "cannot reach http://127.0.0.1:1" in str(err) and "s3cr3t" not in str(err)
+
+
+async def test_body_names_the_submitter(receiver: tuple[WebhookReceiver, str]) -> None:
+    rec, url = receiver
+    ctx = make_ctx(
+        "deployer", None, Settings(deploy_webhook_url=url), "ship", submitted_by="ci-bot"
+    )
+    await webhook_handler(ctx)
+    assert json.loads(rec.requests[0][1])["submitted_by"] == "ci-bot"
+
+
+async def test_redirect_is_refused_naming_its_location(
+    receiver: tuple[WebhookReceiver, str],
+) -> None:
+    rec, url = receiver
+    # Given a receiver that answers with a redirect to another of its own routes
+    rec.location = url.replace("/deploy", "/elsewhere") + "?sig=abc"
+    err = await deploy_failing(Settings(deploy_webhook_url=url))
+    # Then the task fails naming where it pointed, and the redirect was not followed
+    assert "HTTP 302" in str(err) and "/elsewhere" in str(err) and "sig=abc" not in str(err)
+    assert err.result["status"] == 302
+    assert len(rec.requests) == 1
+
+
+async def test_one_session_per_worker(receiver: tuple[WebhookReceiver, str]) -> None:
+    rec, url = receiver
+    handler = WebhookHandler()
+    settings = Settings(deploy_webhook_url=url)
+    await handler.setup(settings)
+    try:
+        session = handler.session
+        await handler(make_ctx("deployer", None, settings, "one"))
+        await handler(make_ctx("deployer", None, settings, "two"))
+        assert handler.session is session and len(rec.requests) == 2
+    finally:
+        await handler.close()
+    assert handler.session is None
+
+
+def test_submitted_by_is_read_from_the_payload_not_the_input() -> None:
+    task = parse_task(b'{"description": "x", "submitted_by": "tok-ci"}', None, "deployer", 1, 1024)
+    assert task.submitted_by == "tok-ci"
+    forged = parse_task(b'{"input": {"submitted_by": "admin"}}', None, "deployer", 2, 1024)
+    assert forged.submitted_by is None
+    assert (
+        parse_task(
+            b'{"description": "x", "submitted_by": 7}', None, "deployer", 3, 1024
+        ).submitted_by
+        is None
+    )

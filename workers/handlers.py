@@ -5,6 +5,13 @@ result is JSON-serialisable. Raise :class:`RetryableError` to have the task
 redelivered after a delay; raise :class:`TaskFailed` to fail it with a message
 and a result; any other exception fails the task with its message.
 
+A handler may also have lifecycle hooks (:class:`HandlerLifecycle`): the
+worker awaits ``setup(settings)`` once before it fetches its first task and
+``close()`` once after its last, when it drains or stops. Both are optional;
+:class:`BaseHandler` provides no-op ones. Hooks are where per-worker resources
+live (an HTTP session kept across tasks, a checked tool); a plain async
+function handler has none and works as before.
+
 The built-in handlers live in :mod:`workers.builtin`; :mod:`workers.registry`
 binds agent types to handlers.
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from foundry.settings import Settings
 
@@ -54,6 +61,8 @@ class TaskContext:
     settings: Settings = field(default_factory=Settings, repr=False)
     _progress: Callable[[str | None], Awaitable[None]] | None = field(default=None, repr=False)
     last_progress: str | None = None
+    # Who submitted the task, as the gateway stated it in the payload's ``submitted_by``.
+    submitted_by: str | None = None
 
     async def progress(self, note: str | None = None) -> None:
         """Tell the cluster this task is alive: extends the JetStream lease, shows in heartbeats.
@@ -70,6 +79,42 @@ class TaskContext:
 
 class Handler(Protocol):
     def __call__(self, ctx: TaskContext) -> Awaitable[Any]: ...
+
+
+@runtime_checkable
+class HandlerLifecycle(Protocol):
+    """The optional hooks a handler object may have (both async)."""
+
+    async def setup(self, settings: Settings) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class BaseHandler:
+    """A handler object with no-op lifecycle hooks: subclass it and implement ``__call__``."""
+
+    async def setup(self, settings: Settings) -> None:
+        """Called once per worker before its first task: open sessions, check tools."""
+
+    async def close(self) -> None:
+        """Called once per worker after its last task: release what ``setup`` opened."""
+
+    async def __call__(self, ctx: TaskContext) -> Any:
+        raise NotImplementedError
+
+
+async def setup_handler(handler: Handler, settings: Settings) -> None:
+    """Await the handler's ``setup`` hook, if it has one."""
+    hook = getattr(handler, "setup", None)
+    if hook is not None:
+        await hook(settings)
+
+
+async def close_handler(handler: Handler) -> None:
+    """Await the handler's ``close`` hook, if it has one."""
+    hook = getattr(handler, "close", None)
+    if hook is not None:
+        await hook()
 
 
 async def echo(ctx: TaskContext) -> Any:

@@ -5,19 +5,12 @@ from __future__ import annotations
 import importlib
 import inspect
 
+from foundry.bindings import DEFAULT_BINDINGS, FALLBACK_HANDLER, handler_spec
 from foundry.errors import ConfigError
 from workers.builtin import BUILTIN_HANDLERS
-from workers.handlers import Handler
+from workers.handlers import BaseHandler, Handler
 
-# The built-in roles and what they run when FOUNDRY_HANDLERS says nothing.
-DEFAULT_BINDINGS: dict[str, str] = {
-    "architect": "llm",
-    "coder": "llm",
-    "critic": "llm",
-    "executor": "exec",
-    "deployer": "webhook",
-}
-FALLBACK_HANDLER = "echo"
+__all__ = ["DEFAULT_BINDINGS", "FALLBACK_HANDLER", "handler_for", "resolve_handler"]
 
 
 def _is_async(obj: object) -> bool:
@@ -29,9 +22,14 @@ def _is_async(obj: object) -> bool:
 
 
 def resolve_handler(spec: str, var: str = "FOUNDRY_HANDLERS") -> Handler:
-    """Turn a built-in name or ``module:attr`` into a callable, or raise ConfigError."""
+    """Turn a built-in name or ``module:attr`` into a callable, or raise ConfigError.
+
+    A built-in with lifecycle hooks comes as a fresh instance: its ``setup`` state
+    (sessions, the sandbox check) belongs to the one worker that resolved it.
+    """
     if spec in BUILTIN_HANDLERS:
-        return BUILTIN_HANDLERS[spec]
+        builtin = BUILTIN_HANDLERS[spec]
+        return type(builtin)() if isinstance(builtin, BaseHandler) else builtin
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         known = ", ".join(sorted(BUILTIN_HANDLERS))
@@ -55,5 +53,5 @@ def resolve_handler(spec: str, var: str = "FOUNDRY_HANDLERS") -> Handler:
 
 def handler_for(agent_type: str, bindings: dict[str, str]) -> tuple[str, Handler]:
     """The (spec, handler) bound to ``agent_type``: configured, else default, else echo."""
-    spec = bindings.get(agent_type) or DEFAULT_BINDINGS.get(agent_type) or FALLBACK_HANDLER
+    spec = handler_spec(agent_type, bindings)
     return spec, resolve_handler(spec)

@@ -156,6 +156,7 @@ class TaskRunner:
             worker_id=self.worker_id,
             settings=self.settings,
             _progress=progress,
+            submitted_by=task.submitted_by,
         )
         self.inflight.lease(msg, entry)
         started = time.monotonic()

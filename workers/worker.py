@@ -34,7 +34,7 @@ from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.settings import Settings
 from foundry.store import TaskStore
-from workers.handlers import Handler
+from workers.handlers import Handler, close_handler, setup_handler
 from workers.heartbeat import HeartbeatSender
 from workers.leases import InFlight, safe
 from workers.taskrun import TaskRunner
@@ -105,6 +105,7 @@ class Worker:
         )
         await nc.subscribe(self.names.worker_control(self.agent_type), cb=self._on_control)
         await nc.subscribe(self.names.cancel_notice(), cb=self._on_cancel)
+        await setup_handler(self.handler, self.settings)
         self.state = WorkerState.IDLE
         fetcher = spawn(self._fetch_loop(psub), self._tasks)
         await stop.wait()
@@ -115,6 +116,7 @@ class Worker:
         await beat.send_once()
         await asyncio.wait({fetcher}, timeout=FETCH_TIMEOUT + 1)
         await self._drain()
+        await close_handler(self.handler)
         self.state = WorkerState.STOPPED
         await beat.send_once()
         beat_task.cancel()

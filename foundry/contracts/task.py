@@ -1,8 +1,9 @@
 """The task message: what a publisher puts on ``agents.tasks.<type>``.
 
 A task arrives either as a JSON object (``description``, optional ``input``,
-optional ``task_id``, optional ``submitted_at``) or as plain text (the text is
-the description). Its id is the ``Nats-Msg-Id`` header, else the payload's
+optional ``task_id``, optional ``submitted_at``, optional ``submitted_by``: who
+submitted it, as the gateway states it) or as plain text (the text is the
+description). Its id is the ``Nats-Msg-Id`` header, else the payload's
 ``task_id``, else ``seq-<stream sequence>``.
 """
 
@@ -45,6 +46,7 @@ class Task:
     description: str
     input: Any = None
     submitted_at: float | None = None
+    submitted_by: str | None = None
 
     def to_payload(self) -> bytes:
         body: dict[str, Any] = {"task_id": self.task_id, "description": self.description}
@@ -52,6 +54,8 @@ class Task:
             body["input"] = self.input
         if self.submitted_at is not None:
             body["submitted_at"] = self.submitted_at
+        if self.submitted_by is not None:
+            body["submitted_by"] = self.submitted_by
         return codec.dumps(body)
 
 
@@ -100,7 +104,15 @@ def parse_task(
         raise MalformedTask(task_id, "'description' must be a string")
     if not description and body.get("input") is None:
         raise MalformedTask(task_id, "task has neither 'description' nor 'input'")
-    return Task(task_id, agent_type, description, body.get("input"), _submitted_at(task_id, body))
+    submitter = body.get("submitted_by")
+    return Task(
+        task_id,
+        agent_type,
+        description,
+        body.get("input"),
+        _submitted_at(task_id, body),
+        submitter[:200] if isinstance(submitter, str) and submitter else None,
+    )
 
 
 def _submitted_at(task_id: str, body: dict[str, Any]) -> float | None:

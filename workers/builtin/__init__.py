@@ -1,6 +1,6 @@
 """The built-in handlers, by the name ``FOUNDRY_HANDLERS`` binds them with.
 
-``echo`` returns its input; ``exec`` runs code in a subprocess sandbox; ``llm``
+``echo`` returns its input; ``exec`` runs code in a bubblewrap sandbox; ``llm``
 asks an OpenAI-compatible chat-completions server; ``webhook`` POSTs the task
 to a deploy webhook. See docs/handlers.md.
 """

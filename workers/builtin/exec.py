@@ -1,9 +1,14 @@
 """Built-in handler ``exec`` (default for ``executor``): run ``input.code`` in a sandbox.
 
 Input: ``code`` (text), ``language`` (``python``, the default, or ``bash``),
-optional ``stdin`` (text) and ``limits`` (any of ``timeout``, ``cpu_seconds``,
-``memory_bytes``, ``file_bytes``, ``max_procs``, ``output_bytes``; each is
-capped by its ``FOUNDRY_EXEC_*`` setting).
+optional ``stdin`` (text), ``network`` (true: the box shares the host's network;
+only when ``FOUNDRY_EXEC_ALLOW_NETWORK=1``) and ``limits`` (any of ``timeout``,
+``cpu_seconds``, ``memory_bytes``, ``file_bytes``, ``max_procs``,
+``output_bytes``; each is capped by its ``FOUNDRY_EXEC_*`` setting).
+
+The ``setup`` hook decides the isolation once per worker
+(:mod:`workers.builtin.isolation`): bubblewrap, probed; or none, when the
+operator says so. When no sandbox works, every task fails saying why.
 
 The program ran → a completed result with ``exit_code`` (non-zero included),
 ``stdout``, ``stderr`` and ``duration_seconds``. A limit stopped it → a failed
@@ -12,14 +17,24 @@ task whose error names the limit, with the same fields as the result.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 from typing import Any
 
 from foundry.settings import Settings
+from workers.builtin.isolation import Decision, announce, decide
 from workers.builtin.launch import LAUNCH_FAILED, PREFIX
-from workers.builtin.sandbox import Limits, Outcome, find_program, run_sandboxed
-from workers.handlers import TaskContext, TaskFailed
+from workers.builtin.sandbox import (
+    Boxed,
+    Limits,
+    NoFreeUid,
+    Outcome,
+    Plain,
+    find_program,
+    run_sandboxed,
+)
+from workers.handlers import BaseHandler, RetryableError, TaskContext, TaskFailed
 
 # limit name -> (settings field, environment variable, unit shown in errors)
 LIMITS: dict[str, tuple[str, str, str]] = {
@@ -115,6 +130,11 @@ def _describe(limit: str, limits: Limits) -> str:
     return f"exec: {what} hit ({shown}{unit}; input.limits.{limit} or {var})"
 
 
+def _bwrap_failed(stderr: str) -> bool:
+    """bubblewrap could not build the box (its own messages start ``bwrap:``)."""
+    return stderr.startswith("bwrap: ")
+
+
 def _signal_name(code: int | None) -> str | None:
     if code is None or code >= 0:
         return None
@@ -124,8 +144,46 @@ def _signal_name(code: int | None) -> str | None:
         return f"signal {-code}"
 
 
-async def exec_handler(ctx: TaskContext) -> dict[str, Any]:
+def _network(spec: dict[str, Any], settings: Settings) -> bool:
+    asked = spec.get("network", False)
+    if not isinstance(asked, bool):
+        raise TaskFailed("exec: input.network must be true or false")
+    if asked and not settings.exec_allow_network:
+        raise TaskFailed(
+            "exec: input.network is refused: this worker's operator has not allowed "
+            "networked tasks (FOUNDRY_EXEC_ALLOW_NETWORK=1)"
+        )
+    return asked
+
+
+def _isolation(decision: Decision, network: bool) -> Boxed | Plain:
+    if decision.refusal or decision.isolation is None:
+        raise TaskFailed(decision.refusal or "exec: no sandbox")
+    if isinstance(decision.isolation, Boxed) and network:
+        return dataclasses.replace(decision.isolation, network=True)
+    return decision.isolation
+
+
+class ExecHandler(BaseHandler):
     """Run ``input.code`` in the sandbox and report how it went."""
+
+    def __init__(self) -> None:
+        self.decision: Decision | None = None
+
+    async def setup(self, settings: Settings) -> None:
+        self.decision = await decide(settings, fresh=True)
+        announce(self.decision)
+
+    async def close(self) -> None:
+        self.decision = None
+
+    async def __call__(self, ctx: TaskContext) -> dict[str, Any]:
+        # Called without a worker (no setup): decide for this context's settings.
+        decision = self.decision or await decide(ctx.settings)
+        return await _run(ctx, decision)
+
+
+async def _run(ctx: TaskContext, decision: Decision) -> dict[str, Any]:
     spec = ctx.input if isinstance(ctx.input, dict) else {}
     code = spec.get("code")
     if not isinstance(code, str) or not code.strip():
@@ -138,11 +196,15 @@ async def exec_handler(ctx: TaskContext) -> dict[str, Any]:
         raise TaskFailed("exec: input.stdin must be text")
     settings = ctx.settings
     limits = effective_limits(settings, spec.get("limits"))
+    isolation = _isolation(decision, _network(spec, settings))
     argv = _program(settings, language)
     await ctx.progress(f"running {language}")
-    outcome = await run_sandboxed(
-        argv, {LANGUAGES[language]: code}, limits, user=settings.exec_user, stdin=stdin
-    )
+    try:
+        outcome = await run_sandboxed(
+            argv, {LANGUAGES[language]: code}, limits, isolation=isolation, stdin=stdin
+        )
+    except NoFreeUid as exc:
+        raise RetryableError(f"exec: {exc} (FOUNDRY_EXEC_UIDS)") from None
     result: dict[str, Any] = {
         "exit_code": outcome.exit_code,
         "signal": _signal_name(outcome.exit_code),
@@ -154,11 +216,18 @@ async def exec_handler(ctx: TaskContext) -> dict[str, Any]:
         "language": language,
         "limits": {name: getattr(limits, name) for name in LIMITS},
         "limit": None,
+        "isolation": "bwrap" if isinstance(isolation, Boxed) else "none",
+        "network": isolation.network if isinstance(isolation, Boxed) else True,
     }
     if outcome.exit_code == LAUNCH_FAILED and result["stderr"].startswith(PREFIX):
+        raise TaskFailed(f"exec: the sandbox did not start: {result['stderr'].strip()}", result)
+    if isinstance(isolation, Boxed) and outcome.exit_code == 1 and _bwrap_failed(result["stderr"]):
         raise TaskFailed(f"exec: the sandbox did not start: {result['stderr'].strip()}", result)
     limit = _limit_hit(outcome)
     if limit is not None:
         result["limit"] = limit
         raise TaskFailed(_describe(limit, limits), result)
     return result
+
+
+exec_handler = ExecHandler()

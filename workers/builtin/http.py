@@ -32,3 +32,15 @@ def snippet(data: bytes, limit: int = 300, scrub: str = "") -> str:
     if scrub:
         text = text.replace(scrub, "***")
     return text + ("…" if len(data) > limit else "")
+
+
+def redirect_error(resp: aiohttp.ClientResponse, server: str) -> str:
+    """Why a 3xx answer is refused, naming where it pointed (without its query string)."""
+    location = resp.headers.get("Location", "")
+    parts = urlsplit(location)
+    shown = (
+        f"{where(location)}{parts.path}" if parts.scheme else (parts.path or "(no Location header)")
+    )
+    return (
+        f"{server} answered HTTP {resp.status} redirecting to {shown}; redirects are not followed"
+    )

@@ -1,9 +1,10 @@
 """Sandbox launcher, run as ``python -I -S launch.py '<spec json>' <program> <args...>``.
 
-It runs in the sandbox's own process, between fork and the user's code:
-hands the working folder to the sandbox user and drops root (when running as
-root), sets the rlimits, restores the signal dispositions Python changed, then
-execs the program. Standard library only (it starts with ``-I -S``); its own
+It runs in the sandbox's own process, between fork and the program (bubblewrap,
+or the user's code when there is no isolation): drops root when running as
+root — to the spec's ``uid``/``gid``, or to ``user`` after handing it the
+working folder — sets the rlimits, restores the signal dispositions Python
+changed, then execs the program. Standard library only (it starts with ``-I -S``); its own
 failures go to stderr prefixed ``foundry-sandbox:`` with exit code 125.
 """
 
@@ -67,16 +68,27 @@ def drop_to(user: str, workdir: str) -> None:
     os.setuid(entry.pw_uid)
 
 
+def drop_to_uid(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` (no supplementary groups)."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
 def launch(spec: dict[str, Any], argv: list[str]) -> None:
-    if os.geteuid() == 0 and spec.get("user"):
+    if os.geteuid() == 0 and spec.get("uid") is not None:
+        drop_to_uid(int(spec["uid"]), int(spec["gid"]))
+    elif os.geteuid() == 0 and spec.get("user"):
         drop_to(str(spec["user"]), os.getcwd())
     set_limit(resource.RLIMIT_CORE, 0)
     cpu = int(spec["cpu_seconds"])
     set_limit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU at the soft limit, SIGKILL 1 s on
     set_limit(resource.RLIMIT_AS, int(spec["memory_bytes"]))
     set_limit(resource.RLIMIT_FSIZE, int(spec["file_bytes"]))
-    # Per user, not per sandbox: allow this many more than the user runs right now.
-    set_limit(resource.RLIMIT_NPROC, tasks_of(os.getuid()) + int(spec["max_procs"]))
+    # Per uid, not per sandbox: allow this many more than the uid runs right now (and
+    # bubblewrap's own processes, when it runs the program).
+    extra = int(spec.get("extra_procs", 0))
+    set_limit(resource.RLIMIT_NPROC, tasks_of(os.getuid()) + int(spec["max_procs"]) + extra)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     os.execv(argv[0], argv)

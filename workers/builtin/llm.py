@@ -11,6 +11,16 @@ Task input (all optional): ``system`` (replaces the role prompt), ``messages``
 (chat messages sent instead of the description), ``model``, ``temperature``,
 ``max_tokens``, ``stream``; any other input is appended to the user message as
 JSON. The API key is sent as a bearer token and never logged or returned.
+
+What a task may choose is bounded by the operator: ``model`` only from
+``FOUNDRY_LLM_MODELS`` (``FOUNDRY_LLM_MODEL`` is always allowed),
+``max_tokens`` at most ``FOUNDRY_LLM_MAX_TOKENS`` (always sent), and system
+messages of its own (``system``, or a ``messages`` entry with the ``system``
+role) only with ``FOUNDRY_LLM_ALLOW_SYSTEM=1``. Redirects are never followed:
+a 3xx answer fails the task naming its ``Location``.
+
+One HTTP session per worker, opened by the ``setup`` hook and closed by
+``close``; called without them (no worker), each call opens its own.
 """
 
 from __future__ import annotations
@@ -24,9 +34,10 @@ import aiohttp
 from aiohttp.http_exceptions import LineTooLong
 
 from foundry import codec
-from workers.builtin.http import read_capped, snippet, where
+from foundry.settings import Settings
+from workers.builtin.http import read_capped, redirect_error, snippet, where
 from workers.builtin.prompts import role_prompt
-from workers.handlers import TaskContext, TaskFailed
+from workers.handlers import BaseHandler, TaskContext, TaskFailed
 
 log = logging.getLogger(__name__)
 CONTROL_KEYS = frozenset({"system", "messages", "model", "temperature", "max_tokens", "stream"})
@@ -53,17 +64,50 @@ def _user_content(description: str, task_input: Any) -> str:
     return f"{description}\n\nInput:\n{text}" if description else text
 
 
+def _model(spec: dict[str, Any], settings: Settings) -> str:
+    asked = spec.get("model")
+    if asked is None or asked == "":
+        model = settings.llm_model or (settings.llm_models[0] if settings.llm_models else "")
+        if not model:
+            raise TaskFailed(
+                "llm: no model configured; set FOUNDRY_LLM_MODEL (e.g. llama3.2 for Ollama, "
+                "gpt-4o-mini for OpenAI)"
+            )
+        return model
+    allowed = [m for m in (settings.llm_model, *settings.llm_models) if m]
+    if not isinstance(asked, str) or asked not in allowed:
+        raise TaskFailed(
+            f"llm: input.model {asked!r} is not allowed; allowed: {', '.join(allowed) or 'none'} "
+            "(FOUNDRY_LLM_MODEL, FOUNDRY_LLM_MODELS)"
+        )
+    return asked
+
+
+def _max_tokens(spec: dict[str, Any], settings: Settings) -> int:
+    cap = settings.llm_max_tokens
+    asked = spec.get("max_tokens")
+    if asked is None:
+        return cap
+    if isinstance(asked, bool) or not isinstance(asked, int) or asked < 1:
+        raise TaskFailed("llm: input.max_tokens must be a positive whole number")
+    return min(asked, cap)
+
+
+def _refuse_system(what: str) -> TaskFailed:
+    return TaskFailed(
+        f"llm: {what} is refused: tasks may not set system messages unless the operator "
+        "allows it (FOUNDRY_LLM_ALLOW_SYSTEM=1)"
+    )
+
+
 def build_request(ctx: TaskContext) -> dict[str, Any]:
     """The chat-completions request body for this task."""
     settings = ctx.settings
     spec = ctx.input if isinstance(ctx.input, dict) else {}
-    model = spec.get("model") or settings.llm_model
-    if not isinstance(model, str) or not model:
-        raise TaskFailed(
-            "llm: no model configured; set FOUNDRY_LLM_MODEL (e.g. llama3.2 for Ollama, "
-            "gpt-4o-mini for OpenAI) or give input.model"
-        )
+    model = _model(spec, settings)
     system = spec.get("system")
+    if system is not None and not settings.llm_allow_system:
+        raise _refuse_system("input.system")
     if not isinstance(system, str):
         system = role_prompt(ctx.agent_type, settings.llm_prompts_dir)
     messages: list[Any] = [{"role": "system", "content": system}]
@@ -73,6 +117,8 @@ def build_request(ctx: TaskContext) -> dict[str, Any]:
             isinstance(m, dict) and isinstance(m.get("role"), str) for m in extra
         ):
             raise TaskFailed('llm: input.messages must be a list of {"role", "content"} objects')
+        if not settings.llm_allow_system and any(m["role"] == "system" for m in extra):
+            raise _refuse_system("a system message in input.messages")
         messages.extend(extra)
     else:
         messages.append({"role": "user", "content": _user_content(ctx.description, ctx.input)})
@@ -80,9 +126,9 @@ def build_request(ctx: TaskContext) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
-    for key in ("temperature", "max_tokens"):
-        if spec.get(key) is not None:
-            body[key] = spec[key]
+    if spec.get("temperature") is not None:
+        body["temperature"] = spec["temperature"]
+    body["max_tokens"] = _max_tokens(spec, settings)
     return body
 
 
@@ -214,7 +260,15 @@ async def _complete(
     server = where(settings.llm_url)
     endpoint = settings.llm_url.rstrip("/") + "/chat/completions"
     try:
-        async with session.post(endpoint, data=codec.dumps(body), headers=headers) as resp:
+        async with session.post(
+            endpoint,
+            data=codec.dumps(body),
+            headers=headers,
+            timeout=_timeout(settings),
+            allow_redirects=False,
+        ) as resp:
+            if 300 <= resp.status < 400:
+                raise TaskFailed(f"llm: {redirect_error(resp, server)}")
             if resp.status == 429 or resp.status >= 500:
                 data, _ = await read_capped(resp, 4096)
                 detail = snippet(data, scrub=settings.llm_api_key)
@@ -233,37 +287,63 @@ async def _complete(
         raise _Retry(f"{type(exc).__name__} talking to {server}") from None
 
 
-async def llm_handler(ctx: TaskContext) -> dict[str, Any]:
+def _timeout(settings: Settings) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.llm_timeout, sock_read=settings.llm_timeout
+    )
+
+
+class LLMHandler(BaseHandler):
     """Ask the configured chat-completions server; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.session: aiohttp.ClientSession | None = None
+
+    async def setup(self, settings: Settings) -> None:
+        self.session = aiohttp.ClientSession(timeout=_timeout(settings))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def __call__(self, ctx: TaskContext) -> dict[str, Any]:
+        settings = ctx.settings
+        if not settings.llm_url:
+            raise TaskFailed(
+                "llm: FOUNDRY_LLM_URL is not set; set it to an OpenAI-compatible base URL such "
+                "as http://localhost:11434/v1 (Ollama) or https://api.openai.com/v1, with "
+                "FOUNDRY_LLM_MODEL and, when the server needs one, FOUNDRY_LLM_API_KEY"
+            )
+        body = build_request(ctx)
+        if self.session is not None:
+            return await _ask(self.session, ctx, body)
+        async with aiohttp.ClientSession(timeout=_timeout(settings)) as session:
+            return await _ask(session, ctx, body)
+
+
+async def _ask(
+    session: aiohttp.ClientSession, ctx: TaskContext, body: dict[str, Any]
+) -> dict[str, Any]:
     settings = ctx.settings
-    if not settings.llm_url:
-        raise TaskFailed(
-            "llm: FOUNDRY_LLM_URL is not set; set it to an OpenAI-compatible base URL such as "
-            "http://localhost:11434/v1 (Ollama) or https://api.openai.com/v1, with "
-            "FOUNDRY_LLM_MODEL and, when the server needs one, FOUNDRY_LLM_API_KEY"
-        )
-    body = build_request(ctx)
     headers = {"Content-Type": "application/json"}
     if settings.llm_api_key:
         headers["Authorization"] = f"Bearer {settings.llm_api_key}"
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.llm_timeout, sock_read=settings.llm_timeout
-    )
     attempts = settings.llm_retries + 1
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        for attempt in range(1, attempts + 1):
-            try:
-                return await _complete(session, ctx, body, headers)
-            except _Retry as exc:
-                if attempt == attempts:
-                    raise TaskFailed(
-                        f"llm: {exc}; gave up after {attempts} attempt(s) "
-                        f"(FOUNDRY_LLM_RETRIES={settings.llm_retries})"
-                    ) from None
-                delay = _backoff(settings.llm_backoff, attempt, exc.retry_after)
-                log.warning(
-                    "llm: %s; retry %d/%d in %.2fs", exc, attempt, settings.llm_retries, delay
-                )
-                await ctx.progress(f"{exc}; retry {attempt} of {settings.llm_retries}")
-                await asyncio.sleep(delay)
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _complete(session, ctx, body, headers)
+        except _Retry as exc:
+            if attempt == attempts:
+                raise TaskFailed(
+                    f"llm: {exc}; gave up after {attempts} attempt(s) "
+                    f"(FOUNDRY_LLM_RETRIES={settings.llm_retries})"
+                ) from None
+            delay = _backoff(settings.llm_backoff, attempt, exc.retry_after)
+            log.warning("llm: %s; retry %d/%d in %.2fs", exc, attempt, settings.llm_retries, delay)
+            await ctx.progress(f"{exc}; retry {attempt} of {settings.llm_retries}")
+            await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+llm_handler = LLMHandler()

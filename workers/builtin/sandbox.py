@@ -1,14 +1,18 @@
-"""A subprocess sandbox: own temp folder, minimal environment, rlimits, wall clock, output cap.
+"""Running one program in a sandbox: its files, rlimits, wall clock and output cap.
 
-:func:`run_sandboxed` writes the given files into a fresh temporary folder,
-starts the program there through :mod:`workers.builtin.launch` (which drops
-root and sets the rlimits) in a new session, reads stdout and stderr up to a
-cap, and kills the whole process group when the wall clock runs out, when the
-output goes over the cap, when the program ends (stragglers) or when the
-caller is cancelled. The folder is removed afterwards in every case.
+:func:`run_sandboxed` starts the program through :mod:`workers.builtin.launch`
+(which drops root and sets the rlimits) in a new session, reads stdout and
+stderr up to a cap, and kills it when the wall clock runs out, when the output
+goes over the cap or when the caller is cancelled.
 
-This is defence in depth for code you mostly trust, not a security boundary:
-rlimits do not isolate the network or the filesystem.
+How the program is isolated is the ``isolation`` argument:
+
+- :class:`Boxed`: under bubblewrap (:mod:`workers.builtin.bwrap`), as a host uid
+  leased for this run when the worker is root. The files live in the box's own
+  tmpfs; killing bubblewrap ends every process in the box.
+- :class:`Plain`: no isolation beyond rlimits and a minimal environment, in a
+  fresh temporary folder removed afterwards; a root worker runs code as
+  ``user``. The process group is killed when the program ends.
 """
 
 from __future__ import annotations
@@ -22,13 +26,22 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from workers.builtin import bwrap
+from workers.builtin.uidpool import UidPool
 
 LAUNCHER = str(Path(__file__).with_name("launch.py"))
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 READ_CHUNK = 64 * 1024
 EXIT_POLL = 0.02  # seconds between looks at the program's exit status
+BWRAP_PROCS = 3  # bubblewrap's own processes in a box: outer, user-namespace helper, init
+
+
+class NoFreeUid(Exception):
+    """Every uid of the sandbox range is in use."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,25 @@ class Limits:
     cpu_seconds: int
     memory_bytes: int  # address space
     file_bytes: int  # largest file it may write
-    max_procs: int  # processes and threads beyond what the sandbox user already runs
+    max_procs: int  # processes and threads beyond what the sandbox's uid already runs
     output_bytes: int  # per stream (stdout, stderr)
+
+
+@dataclass(frozen=True)
+class Plain:
+    """No isolation: a temporary folder, rlimits, and ``user`` when the worker is root."""
+
+    user: str = ""
+
+
+@dataclass(frozen=True)
+class Boxed:
+    """Under bubblewrap; ``pool`` leases the host uid (None: the worker's own uid)."""
+
+    bwrap: bwrap.Bwrap
+    pool: UidPool | None
+    tmp_bytes: int
+    network: bool = False
 
 
 @dataclass
@@ -57,12 +87,12 @@ class Outcome:
     workdir: str
 
 
-def minimal_env(workdir: str) -> dict[str, str]:
+def minimal_env(workdir: str, tmpdir: str | None = None) -> dict[str, str]:
     """The only variables the program sees: nothing of the worker's environment."""
     return {
         "PATH": SANDBOX_PATH,
         "HOME": workdir,
-        "TMPDIR": workdir,
+        "TMPDIR": tmpdir or workdir,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -90,12 +120,14 @@ class _Capture:
         if stream is None:
             return
         while chunk := await stream.read(READ_CHUNK):
+            if self.truncated:
+                continue  # read on, to the end: a paused pipe would never report its close
             room = self.cap - len(self.data)
             if len(chunk) > room:
                 self.data += chunk[: max(room, 0)]
                 self.truncated = True
                 self.overflow.set()
-                return
+                continue
             self.data += chunk
 
 
@@ -106,18 +138,33 @@ async def _exit_of(proc: asyncio.subprocess.Process) -> None:
         await asyncio.sleep(EXIT_POLL)
 
 
+async def _settle(proc: asyncio.subprocess.Process) -> None:
+    """Wait, bounded, until the program has exited and its pipes are closed: processes in
+    a box die a moment after bubblewrap, and ``proc.wait()`` returns at once once the
+    exit status is known, pipes open or not."""
+
+    async def eof(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and await stream.read(READ_CHUNK):
+            pass
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(proc.wait(), eof(proc.stdout), eof(proc.stderr)), 5)
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _prepare(workdir: str, files: dict[str, str], stdin: str | None) -> int:
-    """Write the program's files; returns a descriptor open on its stdin text."""
-    for name, text in files.items():
-        Path(workdir, name).write_text(text, encoding="utf-8")
-    stdin_path = Path(workdir, ".stdin")
-    stdin_path.write_text(stdin or "", encoding="utf-8")
-    return os.open(stdin_path, os.O_RDONLY)
+def _memfd(name: str, text: str) -> int:
+    """A readable descriptor holding ``text`` (inheritable through ``pass_fds``)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    data = text.encode("utf-8")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _remove_tree(path: str) -> None:
@@ -129,49 +176,120 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class _Prepared:
+    """What one run needs before it starts, and what to release after it."""
+
+    command: list[str]
+    cwd: str
+    env: dict[str, str]
+    stdin_fd: int
+    workdir: str
+    pass_fds: list[int] = field(default_factory=list)
+    lease_fd: int | None = None
+    tempdir: str | None = None
+
+    def release(self) -> None:
+        for fd in (self.stdin_fd, *self.pass_fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.lease_fd is not None:
+            os.close(self.lease_fd)  # drops the uid's lease
+            self.lease_fd = None
+
+
+def _launcher(spec: dict[str, Any], limits: Limits) -> list[str]:
+    spec.update(
+        cpu_seconds=limits.cpu_seconds,
+        memory_bytes=limits.memory_bytes,
+        file_bytes=limits.file_bytes,
+        max_procs=limits.max_procs,
+    )
+    return [sys.executable, "-I", "-S", LAUNCHER, json.dumps(spec)]
+
+
+def _prepare_boxed(
+    box: Boxed, argv: list[str], files: dict[str, str], limits: Limits, stdin: str | None
+) -> _Prepared:
+    spec: dict[str, Any] = {"extra_procs": BWRAP_PROCS}
+    inside = bwrap.INSIDE_NOBODY
+    lease_fd = None
+    if box.pool is not None:
+        lease = box.pool.acquire()
+        if lease is None:
+            raise NoFreeUid(f"all uids {box.pool.first}-{box.pool.last} are running sandboxes")
+        inside, lease_fd = lease
+        spec.update(uid=inside, gid=inside)
+    fds = {name: _memfd(name, text) for name, text in files.items()}
+    env = minimal_env(bwrap.WORKDIR, bwrap.TMPDIR)
+    cmd = bwrap.command(
+        box.bwrap, argv, fds, env, uid=inside, network=box.network, tmp_bytes=box.tmp_bytes
+    )
+    return _Prepared(
+        _launcher(spec, limits) + cmd,
+        "/",
+        minimal_env("/", "/tmp"),
+        _memfd("stdin", stdin or ""),
+        bwrap.WORKDIR,
+        list(fds.values()),
+        lease_fd,
+    )
+
+
+def _prepare_plain(
+    plain: Plain, argv: list[str], files: dict[str, str], limits: Limits, stdin: str | None
+) -> _Prepared:
+    workdir = tempfile.mkdtemp(prefix="foundry-exec-")
+    for name, text in files.items():
+        Path(workdir, name).write_text(text, encoding="utf-8")
+    spec = {"user": plain.user}
+    return _Prepared(
+        _launcher(spec, limits) + argv,
+        workdir,
+        minimal_env(workdir),
+        _memfd("stdin", stdin or ""),
+        workdir,
+        tempdir=workdir,
+    )
+
+
+def _exit_status(code: int | None, boxed: bool) -> int | None:
+    """bubblewrap reports a program killed by signal N as 128 + N, like a shell: as -N here."""
+    if boxed and code is not None and 128 < code < 128 + signal.NSIG:
+        return 128 - code
+    return code
+
+
 async def run_sandboxed(
     argv: list[str],
     files: dict[str, str],
     limits: Limits,
     *,
-    user: str = "",
+    isolation: Plain | Boxed | None = None,
     stdin: str | None = None,
 ) -> Outcome:
-    """Run ``argv`` (absolute program path first) with ``files`` in a fresh temp folder."""
-    workdir = tempfile.mkdtemp(prefix="foundry-exec-")
+    """Run ``argv`` (absolute program path first) with ``files`` in its work folder."""
+    isolation = isolation or Plain()
+    if isinstance(isolation, Boxed):
+        prep = _prepare_boxed(isolation, argv, files, limits, stdin)
+    else:
+        prep = _prepare_plain(isolation, argv, files, limits, stdin)
     proc: asyncio.subprocess.Process | None = None
     pumps: list[asyncio.Task[None]] = []
     try:
-        stdin_fd = _prepare(workdir, files, stdin)
-        spec = json.dumps(
-            {
-                "user": user,
-                "cpu_seconds": limits.cpu_seconds,
-                "memory_bytes": limits.memory_bytes,
-                "file_bytes": limits.file_bytes,
-                "max_procs": limits.max_procs,
-            }
-        )
         overflow = asyncio.Event()
         out, err = _Capture(limits.output_bytes, overflow), _Capture(limits.output_bytes, overflow)
         started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                "-S",
-                LAUNCHER,
-                spec,
-                *argv,
-                cwd=workdir,
-                env=minimal_env(workdir),
-                stdin=stdin_fd,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        finally:
-            os.close(stdin_fd)
+        proc = await asyncio.create_subprocess_exec(
+            *prep.command,
+            cwd=prep.cwd,
+            env=prep.env,
+            stdin=prep.stdin_fd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=prep.pass_fds,
+        )
         pumps = [
             asyncio.create_task(c.pump(s)) for c, s in ((out, proc.stdout), (err, proc.stderr))
         ]
@@ -191,25 +309,27 @@ async def run_sandboxed(
         _kill_group(proc.pid)  # the program, or what it left running in the background
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 5)  # returns once the pipes are closed too
-        await asyncio.wait(pumps, timeout=1)
+        await asyncio.wait(pumps, timeout=5)
         if overflow.is_set():
             limit = limit or "output_bytes"
         return Outcome(
-            proc.returncode,
+            _exit_status(proc.returncode, isinstance(isolation, Boxed)),
             bytes(out.data),
             bytes(err.data),
             out.truncated,
             err.truncated,
             duration,
             limit,
-            workdir,
+            prep.workdir,
         )
     finally:
         for pump in pumps:
             pump.cancel()
+        if pumps:
+            await asyncio.wait(pumps, timeout=1)
         if proc is not None:
             _kill_group(proc.pid)
-            if proc.returncode is None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(proc.wait(), 5)
-        await asyncio.to_thread(_remove_tree, workdir)
+            await _settle(proc)
+        prep.release()
+        if prep.tempdir is not None:
+            await asyncio.to_thread(_remove_tree, prep.tempdir)
