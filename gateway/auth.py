@@ -180,14 +180,17 @@ def _bearer(request: web.Request) -> str | None:
 def auth_middleware(policy: AuthPolicy, scopes: dict[tuple[str, str], str | None]) -> Middleware:
     """Check the caller against ``scopes``: (method, path pattern) → scope, None for public."""
 
+    public_paths = frozenset(path for (_, path), scope in scopes.items() if scope is None)
+
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         key = (request.method, resource.canonical if resource is not None else "")
         # Unknown routes and methods need a valid token (any scope) before their 404/405:
-        # nothing answers anonymously but what is declared public.
+        # nothing answers anonymously but what is declared public (and a public path's
+        # 405, which tells only what the document says anyway).
         scope = scopes.get(key)
-        public = key in scopes and scope is None
+        public = (key in scopes and scope is None) or request.path in public_paths
         if not policy.enabled:
             request[CALLER] = AUTH_OFF
             return await handler(request)

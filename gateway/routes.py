@@ -98,4 +98,4 @@ def scope_table() -> dict[tuple[str, str], str | None]:
 
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.router_path(), route.handler)

@@ -16,8 +16,16 @@ OBJECT: Schema = {"type": "object"}
 OPT_STR: Schema = {"type": ["string", "null"]}
 OPT_NUM: Schema = {"type": ["number", "null"]}
 # An id an HTTP submit may choose: a task id (foundry.messages) not starting with "seq-",
-# which ids derived from stream sequences use.
-SUBMIT_TASK_ID: Schema = {"type": "string", "pattern": "^(?!seq-)" + TASK_ID_RE.pattern[1:]}
+# which ids derived from stream sequences use, and not "submit" (a route).
+SUBMIT_TASK_ID: Schema = {
+    "type": ["string", "null"],
+    "description": "absent or null: the gateway picks one (returned in the answer)",
+    "pattern": "^(?!seq-)(?!submit$)" + TASK_ID_RE.pattern[1:],
+}
+
+
+# A character str.strip() keeps, spelt out: JSON Schema's \s (ECMA-262) is another set.
+NON_BLANK = "[^" + "".join(f"\\u{c:04x}" for c in range(0x3001) if chr(c).isspace()) + "]"
 
 
 def ref(name: str) -> Schema:
@@ -42,7 +50,7 @@ def submit_body(settings: Settings) -> Schema:
     )
     body["additionalProperties"] = False
     body["anyOf"] = [
-        {"required": ["description"], "properties": {"description": {"pattern": r"\S"}}},
+        {"required": ["description"], "properties": {"description": {"pattern": NON_BLANK}}},
         {"required": ["input"], "properties": {"input": {"not": {"type": "null"}}}},
     ]
     return body

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +40,8 @@ class Param:
     where: str  # "path" or "query"
     schema: SchemaOf
     description: str
+    # For a path parameter: the segments the router lets through (aiohttp's {name:regex}).
+    route_regex: str | None = None
 
     def integer(self, request: web.Request) -> int:
         """The query value as a whole number within the schema's bounds (400 otherwise)."""
@@ -92,4 +94,11 @@ class Route:
     params: tuple[Param, ...] = ()
     body: SchemaOf | None = None
     description: str = ""
-    tags: tuple[str, ...] = field(default=())
+
+    def router_path(self) -> str:
+        """The path as the router matches it: ``{name:regex}`` where a parameter says so."""
+        path = self.path
+        for p in self.params:
+            if p.where == "path" and p.route_regex is not None:
+                path = path.replace("{" + p.name + "}", "{" + p.name + ":" + p.route_regex + "}")
+        return path

@@ -33,11 +33,14 @@ PUBLISH_TIMEOUT = 2.0
 QUERY_FIELDS = ("agent_type", "description", "task_id")
 RESERVED_PREFIX = "seq-"  # ids derived from stream sequences (foundry.messages.seq_task_id)
 
+# /api/cluster/task/submit is the submit route, so "submit" cannot be a task id over HTTP.
+RESERVED_IDS = frozenset({"submit"})
 TASK_ID = Param(
     "task_id",
     "path",
-    {"type": "string", "pattern": TASK_ID_RE.pattern},
-    f"The task's id: {TASK_ID_HINT}",
+    {"type": "string", "pattern": "^(?!submit$)" + TASK_ID_RE.pattern[1:]},
+    f"The task's id: {TASK_ID_HINT}; not 'submit'",
+    route_regex="(?!submit$)[^/]+",
 )
 WAIT = Param(
     "wait",
@@ -122,6 +125,10 @@ def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
         task_id = uuid.uuid4().hex
     elif not valid_task_id(task_id):
         raise bad_request(f"task_id must be {TASK_ID_HINT}", "task_id")
+    elif task_id in RESERVED_IDS:
+        raise bad_request(
+            f"{task_id!r} cannot be a task id: /api/cluster/task/{task_id} is a route", "task_id"
+        )
     elif task_id.startswith(RESERVED_PREFIX):
         raise bad_request(
             f"task ids starting with {RESERVED_PREFIX!r} are reserved for tasks published "
