@@ -32,6 +32,7 @@ from gateway.spec import Handler
 log = logging.getLogger(__name__)
 
 RELOAD_EVERY = 1.0  # seconds between checks of the token file's mtime
+DENIAL_LOG_EVERY = 60.0
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # The caller when FOUNDRY_API_AUTH=off: allowed everything, but it presented no token.
 AUTH_OFF = ApiToken("auth-off", frozenset({ADMIN}), "")
@@ -211,12 +212,25 @@ def auth_middleware(policy: AuthPolicy, scopes: dict[tuple[str, str], str | None
         if token is None:
             raise unauthorized(scope, "the token is not valid", "invalid_token")
         if scope is not None and not may(token, scope):
-            log.warning("denied %s %s to token %r: needs %s", request.method, key[1], token.name,
-                        scope)  # fmt: skip
+            _log_denial(token.name, request.method, key[1], scope)
             raise forbidden(token, scope)
         return await handler(request)
 
     return authenticate
+
+
+_last_denial: dict[tuple[str, str], float] = {}
+
+
+def _log_denial(name: str, method: str, path: str, scope: str) -> None:
+    """Log a refused scope at most once a minute per (token, scope): a client may retry."""
+    now = time.monotonic()
+    if now - _last_denial.get((name, scope), -DENIAL_LOG_EVERY) < DENIAL_LOG_EVERY:
+        return
+    if len(_last_denial) > 1024:
+        _last_denial.clear()
+    _last_denial[(name, scope)] = now
+    log.warning("denied %s %s to token %r: needs scope %s", method, path, name, scope)
 
 
 def _quiet_bearer(request: web.Request) -> str | None:
