@@ -26,6 +26,7 @@ from nats.aio.subscription import Subscription
 from bench.infra import Infra, child_env
 from bench.workload import Target, foundry_target
 from foundry import codec
+from foundry.apitokens import create_token
 from foundry.servers import free_port
 from foundry.settings import Settings
 
@@ -111,7 +112,11 @@ class FoundryCluster:
         self.infra = infra
         self.options = options
         data_dir = infra.root / f"foundry-{options.label}"
+        tokens = data_dir / "secrets" / "api-tokens.jsonl"
+        tokens.unlink(missing_ok=True)  # a cluster of the same label may have run before
+        self.token = create_token(tokens, "bench", ["submit", "read"])
         self.settings = Settings(
+            api_tokens=str(tokens),
             nats_url=infra.nats_url,
             redis_url=infra.redis_url,
             fleet={AGENT_TYPE: options.workers},

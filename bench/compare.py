@@ -163,7 +163,15 @@ class Compare:
             http_run, http_cpu, http_others = await self._measured(
                 prefix + "h",
                 pids,
-                lambda: http.run(s.nc, s.redis, target, cluster.gateway, bodies, self.http_clients),
+                lambda: http.run(
+                    s.nc,
+                    s.redis,
+                    target,
+                    cluster.gateway,
+                    bodies,
+                    self.http_clients,
+                    token=cluster.token,
+                ),
             )
             modules = {
                 "worker": loaded(pids[f"{AGENT_TYPE}-0"]),

@@ -173,8 +173,9 @@ class Suite:
         if profile is not None:
             await profile.start()
         result = await http.run(
-            s.nc, s.redis, cluster.target, cluster.gateway, tasks, self.plan.http_clients
-        )
+            s.nc, s.redis, cluster.target, cluster.gateway, tasks, self.plan.http_clients,
+            token=cluster.token,
+        )  # fmt: skip
         if profile is not None:
             self.out.setdefault("profile", {})["gateway"] = await profile.stop()
         await self._phase("http>")

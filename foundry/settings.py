@@ -145,6 +145,35 @@ def _optional_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return lambda text: conv(text) if text else ""
 
 
+def _lower_words(text: str) -> tuple[str, ...]:
+    return tuple(w.strip().lower() for w in text.split(",") if w.strip())
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    out = _lower_words(text)
+    for origin in out:
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+        ):
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com:8443")
+    return tuple(o.rstrip("/") for o in out)
+
+
+def _default_on(text: str) -> bool:
+    """A switch that an empty value leaves on (``off``/``0``/``false`` turn it off)."""
+    return True if not text.strip() else _bool(text)
+
+
+def _max_wait(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError("must be seconds in (0, 3600]")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -220,6 +249,12 @@ class Settings:
     namespace: str = _opt("FOUNDRY_NAMESPACE", _namespace, "")
     gateway_host: str = _opt("FOUNDRY_GATEWAY_HOST", str, "127.0.0.1")
     gateway_port: int = _opt("FOUNDRY_GATEWAY_PORT", _port, 8080)
+    # API security (gateway): token file (foundry.apitokens), auth switch, Host/Origin lists.
+    api_tokens: str = _opt("FOUNDRY_API_TOKENS", str, "")
+    api_auth: bool = _opt("FOUNDRY_API_AUTH", _default_on, True)
+    gateway_allowed_hosts: tuple[str, ...] = _opt("FOUNDRY_GATEWAY_ALLOWED_HOSTS", _lower_words, ())
+    gateway_allowed_origins: tuple[str, ...] = _opt("FOUNDRY_GATEWAY_ALLOWED_ORIGINS", _origins, ())
+    gateway_max_wait: float = _opt("FOUNDRY_GATEWAY_MAX_WAIT", _max_wait, 300.0)
     healer_port: int = _opt("FOUNDRY_HEALER_PORT", _port, 8081)
     monitor_port: int = _opt("FOUNDRY_MONITOR_PORT", _port, 8082)
     fleet: dict[str, int] = _opt("FOUNDRY_FLEET", parse_fleet, None)

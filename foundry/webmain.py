@@ -64,6 +64,9 @@ def serve(
             access_log=None,
             shutdown_timeout=5,
         )
+    except ConfigError as exc:  # raised by an app factory that checks its settings
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (BrokerUnavailable, CacheUnavailable) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

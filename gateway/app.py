@@ -1,4 +1,4 @@
-"""The gateway application: typed app keys, connections in ``cleanup_ctx``, routes."""
+"""The gateway application: typed app keys, connections in ``cleanup_ctx``, middlewares, routes."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from foundry.connect import connect_nats, connect_redis
 from foundry.provision import provision
 from foundry.settings import Settings
 from foundry.store import TaskStore
-from gateway import cluster, heal, tasks
+from gateway.auth import AuthPolicy, auth_middleware
 from gateway.errors import json_errors
-from gateway.keys import JS, NC, REDIS, SETTINGS, STORE, VIEW
+from gateway.guard import Origins, json_bodies, origin_guard
+from gateway.keys import JS, NC, OPENAPI, REDIS, SETTINGS, STORE, VIEW
 from gateway.live import ClusterView
 from gateway.metrics import setup_metrics
-from gateway.openapi import openapi_view
+from gateway.openapi import document
+from gateway.routes import ROUTES, add_routes, scope_table
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +46,23 @@ async def _connections(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
+    """The gateway app; ConfigError when the API security settings are unsafe or invalid."""
+    policy = AuthPolicy.from_settings(settings)
     # Bodies over the limit are refused by aiohttp itself (413) before being read whole;
     # the margin leaves room for the JSON envelope around a description at the limit.
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_task_bytes + 4096)
+    # Order: errors as JSON, then Host/Origin, then the token, then JSON-only bodies.
+    app = web.Application(
+        middlewares=[
+            json_errors,
+            origin_guard(Origins(settings)),
+            auth_middleware(policy, scope_table()),
+            json_bodies,
+        ],
+        client_max_size=settings.max_task_bytes + 4096,
+    )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_connections)
-    app.router.add_get("/health", cluster.health)
-    app.router.add_post("/api/cluster/task/submit", tasks.submit)
-    app.router.add_get("/api/cluster/task/{task_id}", tasks.get_task)
-    app.router.add_get("/api/cluster/status", cluster.status)
-    app.router.add_get("/api/cluster/agents/live", cluster.agents_live)
-    app.router.add_post("/api/cluster/heal", heal.heal_now)
-    app.router.add_get("/api/cluster/heal/history", heal.history)
-    app.router.add_post("/api/cluster/workers/{worker_id}/release", heal.release)
-    app.router.add_get("/api/openapi.json", openapi_view)
+    add_routes(app)
+    app[OPENAPI] = document(ROUTES, settings)
     setup_metrics(app)
     return app

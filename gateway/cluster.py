@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from foundry.apitokens import READ
+from gateway.auth import caller
 from gateway.heal import ask_healer
 from gateway.jsonio import json_response
 from gateway.keys import JS, NC, REDIS, SETTINGS, VIEW
@@ -32,8 +34,15 @@ async def _streams_ready(request: web.Request) -> bool:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: 200 when NATS and Redis answer, else 503 naming what is unreachable."""
+    """GET /health: 200 when NATS and Redis answer, else 503.
+
+    Anyone may ask; only a caller allowed ``read`` is told what is unreachable and more.
+    """
     nats_ok = request.app[NC].is_connected
+    token = caller(request)
+    if token is None or not token.allows(READ):
+        up = nats_ok and await _redis_ok(request)
+        return json_response({"status": "healthy" if up else "unhealthy"}, 200 if up else 503)
     redis_ok, healer_ok, ready = await asyncio.gather(
         _redis_ok(request),
         ask_healer(request, "ping"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -18,8 +18,13 @@ class ApiError(web.HTTPException):
 
     def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
         self.status_code = status
+        self.code, self.detail, self.extra = code, message, extra
         body = {"error": code, "message": message, **extra}
         super().__init__(text=codec.dumps(body).decode(), content_type="application/json")
+
+    def with_headers(self, headers: Mapping[str, str]) -> ApiError:
+        self.headers.update(headers)
+        return self
 
 
 def bad_request(message: str, field: str | None = None, **extra: object) -> ApiError:
@@ -55,7 +60,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status_code < 400:
             raise
-        raise ApiError(exc.status_code, exc.reason.lower().replace(" ", "_"), exc.reason) from None
+        # Allow (405) tells the caller which methods the path takes: keep it.
+        keep = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        code = exc.reason.lower().replace(" ", "_")
+        raise ApiError(exc.status_code, code, _explain(exc)).with_headers(keep) from None
     except BrokerUnavailable as exc:
         raise unavailable("nats", str(exc)) from None
     except CacheUnavailable as exc:
@@ -63,3 +71,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         raise ApiError(500, "internal_error", "unexpected error; see the gateway log") from None
+
+
+def _explain(exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"{exc.method} is not allowed here; this path takes {allowed}"
+    if isinstance(exc, web.HTTPNotFound):
+        return "no such route; the routes are listed in GET /api/openapi.json"
+    return exc.reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import deque
 from typing import Any
@@ -12,14 +13,39 @@ from aiohttp import web
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from foundry import codec
+from foundry.contracts import ControlReply, MessageRejected
 from foundry.errors import BrokerUnavailable
+from gateway.audit import audited
 from gateway.errors import ApiError, bad_request
 from gateway.jsonio import json_response
 from gateway.keys import JS, NC, SETTINGS
+from gateway.spec import Param
 
 CONTROL_TIMEOUT = 5.0
 HISTORY_MAX = 1000
 HISTORY_SCAN = 20_000
+# Healer slot names: `<agent type>-<index>` for workers, `gateway`, `nats-server` … for others.
+WORKER_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+WORKER_ID_HINT = "a slot name: 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+
+LIMIT = Param(
+    "limit",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": HISTORY_MAX, "default": 50},
+    "Events to return",
+)
+OFFSET = Param(
+    "offset",
+    "query",
+    {"type": "integer", "minimum": 0, "maximum": HISTORY_SCAN, "default": 0},
+    "Newest events to skip",
+)
+WORKER_ID = Param(
+    "worker_id",
+    "path",
+    {"type": "string", "pattern": WORKER_ID_RE.pattern},
+    "The slot to release, e.g. coder-0 (" + WORKER_ID_HINT + ")",
+)
 
 
 async def control(
@@ -42,7 +68,37 @@ async def control(
             "no healer answered; start one with `python -m healer` (or `make up`)",
             service="healer",
         ) from None
-    return codec.loads(reply.data)
+    try:
+        out = ControlReply.from_payload(reply.data)
+    except MessageRejected:
+        raise ApiError(
+            502, "healer_error", f"the healer's {verb} reply is not a JSON object"
+        ) from None
+    if not out.ok:
+        raise healer_error(verb, out)
+    return out.body
+
+
+# A healer error code → the HTTP status and the API's error code.
+_HEALER_CODES = {
+    "bad_request": (400, "bad_request"),
+    "not_found": (404, "not_found"),
+    "conflict": (409, "conflict"),
+}
+
+
+def healer_error(verb: str, reply: ControlReply) -> ApiError:
+    """A healer error reply as the matching HTTP error, with the healer's reason."""
+    reason = reply.error or "unknown error"
+    status, code = _HEALER_CODES.get(reply.code or "", (502, "healer_error"))
+    extra = {
+        k: v for k, v in reply.body.items() if k in ("worker_id", "task_id", "state", "status")
+    }
+    if status == 502:
+        return ApiError(502, code, f"the healer failed to {verb}: {reason}", service="healer")
+    if status == 400:
+        reason = f"the healer refused {verb}: {reason}"
+    return ApiError(status, code, reason, **extra)
 
 
 async def ask_healer(request: web.Request, verb: str, within: float = 0.5) -> dict[str, Any] | None:
@@ -54,46 +110,36 @@ async def ask_healer(request: web.Request, verb: str, within: float = 0.5) -> di
     return body if isinstance(body, dict) else None
 
 
+@audited("heal")
 async def heal_now(request: web.Request) -> web.Response:
     """POST /api/cluster/heal → {"healed_workers", "count", "message"}"""
     out = await control(request, "heal")
     return json_response(out)
 
 
+@audited("release", "worker_id")
 async def release(request: web.Request) -> web.Response:
     """POST /api/cluster/workers/{worker_id}/release"""
     worker_id = request.match_info["worker_id"]
-    out = await control(request, "release", {"worker_id": worker_id})
-    if out.get("code") == "not_found":
-        raise ApiError(404, "not_found", out["error"], worker_id=worker_id)
-    if not out.get("released"):
-        raise ApiError(
-            409,
-            "not_quarantined",
-            f"{worker_id} is {out.get('state')}, not quarantined: nothing to release",
-            worker_id=worker_id,
-            state=out.get("state"),
-        )
-    return json_response(out)
-
-
-def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query.get(name)
-    if text is None:
-        return default
+    if not WORKER_ID_RE.fullmatch(worker_id):
+        raise bad_request(f"worker_id must be {WORKER_ID_HINT}", "worker_id")
     try:
-        value = int(text)
-    except ValueError:
-        raise bad_request(f"{name} must be a whole number", name) from None
-    if not low <= value <= high:
-        raise bad_request(f"{name} must be between {low} and {high}", name)
-    return value
+        out = await control(request, "release", {"worker_id": worker_id})
+    except ApiError as exc:
+        if exc.status_code == 404:
+            raise ApiError(404, "not_found", exc.detail, worker_id=worker_id) from None
+        if exc.status_code == 409:
+            state = exc.extra.get("state")
+            raise ApiError(
+                409, "not_quarantined", exc.detail, worker_id=worker_id, state=state
+            ) from None
+        raise
+    return json_response(out)
 
 
 async def history(request: web.Request) -> web.Response:
     """GET /api/cluster/heal/history?limit=&offset= — heal events, newest first."""
-    limit = _int(request, "limit", 50, 1, HISTORY_MAX)
-    offset = _int(request, "offset", 0, 0, HISTORY_SCAN)
+    limit, offset = LIMIT.integer(request), OFFSET.integer(request)
     names, js = request.app[SETTINGS].names, request.app[JS]
     if not request.app[NC].is_connected:
         raise BrokerUnavailable("NATS is unreachable")

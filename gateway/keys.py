@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -17,3 +19,5 @@ JS = web.AppKey("jetstream", JetStreamContext)
 REDIS = web.AppKey("redis", aioredis.Redis)
 STORE = web.AppKey("store", TaskStore)
 VIEW = web.AppKey("view", ClusterView)
+# The OpenAPI document, generated once from the route table and the settings.
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")

@@ -1,5 +1,7 @@
 """Gateway request metrics: latency by route, method and status, served on ``/metrics``.
 
+The route itself is in the route table (``gateway.routes``) with the scope it needs.
+
 The route label is the route's pattern (``/api/cluster/task/{task_id}``), never
 the raw path, so task ids do not become label values; requests matching no
 route share ``unmatched``.
@@ -18,6 +20,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from foundry.rejections import REJECTIONS
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+EXPOSITION: web.AppKey[Handler] = web.AppKey("metrics_exposition")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0, 60.0, 300.0)  # fmt: skip
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -71,12 +74,17 @@ def metrics_middleware(metrics: RequestMetrics) -> Middleware:
 
 
 def setup_metrics(app: web.Application) -> CollectorRegistry:
-    """Add the outermost middleware (it sees the final status) and ``GET /metrics``."""
+    """Add the outermost middleware (it sees the final status); ``/metrics`` serves it."""
     # Process-wide: the *_created series would double the series count; nothing reads them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     registry.register(REJECTIONS)
     app.middlewares.insert(0, metrics_middleware(RequestMetrics(registry)))
     app[REGISTRY] = registry
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app[EXPOSITION] = make_aiohttp_handler(registry)
     return registry
+
+
+async def metrics_view(request: web.Request) -> web.StreamResponse:
+    """GET /metrics: this app's registry in the Prometheus text format."""
+    return await request.app[EXPOSITION](request)

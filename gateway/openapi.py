@@ -1,205 +1,92 @@
-"""The OpenAPI 3.1 document for every gateway route (served at ``/api/openapi.json``)."""
+"""The OpenAPI 3.1 document, generated from the route table (served at ``/api/openapi.json``).
+
+Each operation lists its parameters with the constraints the handlers enforce,
+its request body, every answer it may give, and the scope its bearer token
+needs (in ``security`` and as ``x-required-scope``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from aiohttp import web
+from foundry.apitokens import SCOPE_HINT
+from foundry.settings import Settings
+from gateway.schemas import COMPONENTS
+from gateway.spec import Answer, Route, resolve
 
-from gateway.jsonio import json_response
+SCHEME = "bearer"
+SCOPES_HELP = (
+    "Send `Authorization: Bearer <token>`. Tokens are named, hashed entries in the file "
+    "named by FOUNDRY_API_TOKENS; " + SCOPE_HINT + ". submit:<agent type> allows "
+    "submissions of that type only; operate allows heal and release."
+)
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
 
-
-def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description}
-    if schema is not None:
-        out["content"] = {"application/json": {"schema": schema}}
+def _answer(answer: Answer, settings: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": answer.description}
+    if answer.schema is not None:
+        out["content"] = {answer.media_type: {"schema": resolve(answer.schema, settings)}}
+    if answer.status == 401:
+        out["headers"] = {
+            "WWW-Authenticate": {
+                "description": "Bearer challenge",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^Bearer "},
+            }
+        }
     return out
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "Bad input: the message names the field",
-        404: "Unknown id",
-        413: "Body over FOUNDRY_MAX_TASK_BYTES",
-        429: "Queue full",
-        503: "NATS, Redis or the healer unreachable",
+def _operation(route: Route, settings: Settings) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": route.operation_id,
+        "summary": route.summary,
+        "responses": {str(a.status): _answer(a, settings) for a in route.answers},
     }
-    return {str(c): _resp(text[c], _ERROR) for c in codes}
-
-
-def _op(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": {**ok, **_errors(*errors)}, **extra}
-
-
-def _obj(**props: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": props}
-
-
-STR: dict[str, Any] = {"type": "string"}
-NUM: dict[str, Any] = {"type": "number"}
-INT: dict[str, Any] = {"type": "integer"}
-ANY: dict[str, Any] = {}
-TASK_ID_PARAM = {"name": "task_id", "in": "path", "required": True, "schema": STR}
-
-PATHS: dict[str, dict[str, Any]] = {
-    "/health": {
-        "get": _op(
-            "Health of the gateway's connections",
+    if route.description:
+        op["description"] = route.description
+    if route.params:
+        op["parameters"] = [
             {
-                "200": _resp("NATS and Redis reachable", {"$ref": "#/components/schemas/Health"}),
-                "503": _resp("NATS or Redis unreachable", {"$ref": "#/components/schemas/Health"}),
-            },
-        )
-    },
-    "/api/cluster/task/submit": {
-        "post": _op(
-            "Submit a task (JSON body, or agent_type/description query parameters)",
-            {
-                "202": _resp(
-                    "Accepted",
-                    _obj(task_id=STR, agent_type=STR, status=STR, duplicate={"type": "boolean"}),
-                )
-            },
-            400,
-            413,
-            429,
-            503,
-            parameters=[
-                {"name": n, "in": "query", "required": False, "schema": STR}
-                for n in ("agent_type", "description", "task_id")
-            ],
-            requestBody={
-                "required": False,
-                "content": {
-                    "application/json": {
-                        "schema": _obj(agent_type=STR, description=STR, input=ANY, task_id=STR)
-                    }
-                },
-            },
-        )
-    },
-    "/api/cluster/task/{task_id}": {
-        "get": _op(
-            "Status and result of a task; ?wait=seconds long-polls until it is final",
-            {"200": _resp("The task", {"$ref": "#/components/schemas/Task"})},
-            400,
-            404,
-            503,
-            parameters=[
-                TASK_ID_PARAM,
-                {
-                    "name": "wait",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "number", "minimum": 0, "maximum": 300},
-                },
-            ],
-        )
-    },
-    "/api/cluster/status": {
-        "get": _op(
-            "Cluster totals, per-type health, queues, host",
-            {
-                "200": _resp(
-                    "Status",
-                    _obj(
-                        total_workers=INT,
-                        healthy_workers=INT,
-                        unhealthy_workers=INT,
-                        agent_types=ANY,
-                        queues=ANY,
-                    ),
-                )
-            },
-        )
-    },
-    "/api/cluster/agents/live": {
-        "get": _op(
-            "Workers seen in heartbeats",
-            {"200": _resp("Workers", _obj(agents={"type": "array"}, count=INT))},
-        )
-    },
-    "/api/cluster/heal": {
-        "post": _op(
-            "Relaunch anything dead or silent now",
-            {
-                "200": _resp(
-                    "What was healed",
-                    _obj(healed_workers={"type": "array"}, count=INT, message=STR),
-                )
-            },
-            503,
-        )
-    },
-    "/api/cluster/heal/history": {
-        "get": _op(
-            "Heal events (relaunch, kill_silent, quarantine, release, poison, dead_letter, "
-            "remediate), newest first",
-            {
-                "200": _resp(
-                    "Events", _obj(events={"type": "array"}, count=INT, offset=INT, total=INT)
-                )
-            },
-            400,
-            503,
-            parameters=[
-                {"name": n, "in": "query", "required": False, "schema": INT}
-                for n in ("limit", "offset")
-            ],
-        )
-    },
-    "/api/cluster/workers/{worker_id}/release": {
-        "post": _op(
-            "Release a quarantined worker slot (the healer relaunches it)",
-            {
-                "200": _resp(
-                    "Released", _obj(released={"type": "boolean"}, worker_id=STR, state=STR)
-                ),
-                "409": _resp("The slot is not quarantined", _ERROR),
-            },
-            404,
-            503,
-            parameters=[{"name": "worker_id", "in": "path", "required": True, "schema": STR}],
-        )
-    },
-    "/api/openapi.json": {"get": _op("This document", {"200": _resp("OpenAPI 3.1", ANY)})},
-}
-
-SCHEMAS = {
-    "Error": _obj(error=STR, message=STR, field=STR),
-    "Health": _obj(
-        status=STR,
-        cluster_initialized={"type": "boolean"},
-        infrastructure_agent=STR,
-        nats=STR,
-        redis=STR,
-    ),
-    "Task": _obj(
-        task_id=STR,
-        agent_type=STR,
-        status={"enum": ["queued", "running", "completed", "failed", "dead"]},
-        result=ANY,
-        error=STR,
-        attempts=INT,
-        worker_id=STR,
-        submitted_at=NUM,
-        started_at=NUM,
-        finished_at=NUM,
-        duration_seconds=NUM,
-    ),
-}
+                "name": p.name,
+                "in": p.where,
+                "required": p.where == "path",
+                "description": p.description,
+                "schema": resolve(p.schema, settings),
+            }
+            for p in route.params
+        ]
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": resolve(route.body, settings)}},
+        }
+    if route.scope is None:
+        op["security"] = []
+    else:
+        op["security"] = [{SCHEME: [route.scope]}]
+        op["x-required-scope"] = route.scope
+    return op
 
 
-def document(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def document(routes: Iterable[Route], settings: Settings) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, settings)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Agent Foundry gateway", "version": "0.1.0"},
-        "paths": {**PATHS, **(extra_paths or {})},
-        "components": {"schemas": SCHEMAS},
+        "info": {
+            "title": "Agent Foundry gateway",
+            "version": "0.2.0",
+            "description": "Every operation but /health needs a bearer token; " + SCOPES_HELP,
+        },
+        "paths": paths,
+        "components": {
+            "schemas": COMPONENTS,
+            "securitySchemes": {
+                SCHEME: {"type": "http", "scheme": "bearer", "description": SCOPES_HELP}
+            },
+        },
+        "security": [{SCHEME: []}],
     }
-
-
-async def openapi_view(request: web.Request) -> web.Response:
-    return json_response(document())

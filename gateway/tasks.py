@@ -1,4 +1,4 @@
-"""Task routes: submit (query form or JSON body) and read back, with an optional long-poll."""
+"""Task routes: submit (JSON body, or query form with a token) and read back, with a long-poll."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from aiohttp import web
 from nats.js.errors import APIError as JsAPIError
 
 from foundry import codec
+from foundry.apitokens import SUBMIT
 from foundry.contracts import (
     MSG_ID_HEADER,
+    SEQ_ID_PREFIX,
     TASK_ID_HINT,
+    TASK_ID_RE,
     Task,
     TaskEvent,
     TaskStatus,
@@ -22,20 +25,40 @@ from foundry.contracts import (
 )
 from foundry.errors import BrokerUnavailable, InvalidAgentType
 from foundry.names import validate_agent_type
+from gateway.auth import presented_token, require
 from gateway.errors import ApiError, bad_request
 from gateway.jsonio import json_response
 from gateway.keys import JS, NC, SETTINGS, STORE, VIEW
+from gateway.spec import Param
 
-MAX_WAIT_SECONDS = 300.0
 PUBLISH_TIMEOUT = 2.0
+QUERY_FIELDS = ("agent_type", "description", "task_id")
+RESERVED_PREFIX = SEQ_ID_PREFIX  # ids derived from stream sequences (seq_task_id)
+
+# /api/cluster/task/submit is the submit route, so "submit" cannot be a task id over HTTP.
+RESERVED_IDS = frozenset({"submit"})
+TASK_ID = Param(
+    "task_id",
+    "path",
+    {"type": "string", "pattern": "^(?!submit$)" + TASK_ID_RE.pattern[1:]},
+    f"The task's id: {TASK_ID_HINT}; not 'submit'",
+    route_regex="(?!submit$)[^/]+",
+)
+WAIT = Param(
+    "wait",
+    "query",
+    lambda s: {"type": "number", "minimum": 0, "maximum": s.gateway_max_wait, "default": 0},
+    "Seconds to wait for a final status (FOUNDRY_GATEWAY_MAX_WAIT at most)",
+)
 
 
-async def _read_body(request: web.Request) -> dict[str, Any]:
+async def _read_body(request: web.Request) -> dict[str, Any] | None:
+    """The JSON object sent, or None when there is no body."""
     if not request.can_read_body:
-        return {}
+        return None
     raw = await request.read()
     if not raw.strip():
-        return {}
+        return None
     try:
         body = codec.loads(raw)
     except codec.JSONDecodeError as exc:
@@ -49,12 +72,30 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _task_from(request: web.Request, body: dict[str, Any]) -> Task:
+def _fields(request: web.Request, body: dict[str, Any] | None) -> dict[str, Any]:
+    """The task's fields: the JSON body, or (the seed's form) query parameters and no body."""
+    query = {k: request.query[k] for k in QUERY_FIELDS if k in request.query}
+    if body is not None:
+        if query:
+            raise bad_request(
+                f"send the task in the JSON body or as query parameters, not both "
+                f"(got query parameter(s) {sorted(query)} beside a body)",
+                field=sorted(query)[0],
+            )
+        return body
+    if query and not presented_token(request):
+        # A cross-site form can post a query string but cannot set Authorization.
+        raise bad_request(
+            "the query-parameter form needs an Authorization bearer token; "
+            "send the task as a JSON body (Content-Type: application/json) instead",
+            field="body",
+        )
+    return query
+
+
+def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
     settings = request.app[SETTINGS]
-    fields: dict[str, Any] = {
-        k: request.query[k] for k in ("agent_type", "description", "task_id") if k in request.query
-    }
-    fields.update(body)
+    fields = _fields(request, body)
     unknown = sorted(set(fields) - {"agent_type", "description", "input", "task_id"})
     if unknown:
         raise bad_request(
@@ -68,6 +109,7 @@ def _task_from(request: web.Request, body: dict[str, Any]) -> Task:
         validate_agent_type(agent_type)
     except InvalidAgentType as exc:
         raise bad_request(str(exc), "agent_type") from None
+    require(request, f"{SUBMIT}:{agent_type}")
     if agent_type not in settings.fleet:
         raise bad_request(
             f"unknown agent type {agent_type!r}; known types: {', '.join(settings.fleet)}",
@@ -85,6 +127,16 @@ def _task_from(request: web.Request, body: dict[str, Any]) -> Task:
         task_id = uuid.uuid4().hex
     elif not valid_task_id(task_id):
         raise bad_request(f"task_id must be {TASK_ID_HINT}", "task_id")
+    elif task_id in RESERVED_IDS:
+        raise bad_request(
+            f"{task_id!r} cannot be a task id: /api/cluster/task/{task_id} is a route", "task_id"
+        )
+    elif task_id.startswith(RESERVED_PREFIX):
+        raise bad_request(
+            f"task ids starting with {RESERVED_PREFIX!r} are reserved for tasks published "
+            "without an id (seq-<stream sequence>); choose another task_id",
+            "task_id",
+        )
     return Task(task_id, agent_type, description, task_input, time.time())
 
 
@@ -160,25 +212,12 @@ async def submit(request: web.Request) -> web.Response:
     return json_response(body, status=202)
 
 
-def _wait_seconds(request: web.Request) -> float:
-    text = request.query.get("wait")
-    if text is None:
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise bad_request(f"wait must be a number of seconds, got {text!r}", "wait") from None
-    if not 0 <= value <= MAX_WAIT_SECONDS:
-        raise bad_request(f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds", "wait")
-    return value
-
-
 async def get_task(request: web.Request) -> web.Response:
     """GET /api/cluster/task/{task_id}[?wait=seconds]"""
     task_id = request.match_info["task_id"]
     if not valid_task_id(task_id):
         raise bad_request(f"task_id must be {TASK_ID_HINT}", "task_id")
-    wait = _wait_seconds(request)
+    wait = WAIT.number(request)
     store, view = request.app[STORE], request.app[VIEW]
     deadline = time.monotonic() + wait
     while True:

@@ -24,6 +24,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from nats.aio.client import Client as NATS
 
+from foundry.apitokens import create_token
 from foundry.connect import connect_nats
 from foundry.provision import provision
 from foundry.servers import ServerProcess, free_port, nats_server, redis_server
@@ -130,9 +131,31 @@ def own_nats(tmp_path: Path) -> Iterator[ServerProcess]:
 TEST_FLEET = {"coder": 1, "architect": 1, "executor": 1, "critic": 1, "deployer": 1}
 
 
+class ApiTokens:
+    """A token file for this test, with an admin token; ``make`` adds narrower ones."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.admin = create_token(path, "test-admin", ["admin"])
+
+    def make(self, name: str, *scopes: str) -> str:
+        return create_token(self.path, name, list(scopes))
+
+    @staticmethod
+    def header(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
-def make_settings(nats_url: str, redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings for a fresh namespace, quick timings; keyword overrides win."""
+def api_tokens(tmp_path: Path) -> ApiTokens:
+    return ApiTokens(tmp_path / "secrets" / "api-tokens.jsonl")
+
+
+@pytest.fixture
+def make_settings(
+    nats_url: str, redis_url: str, tmp_path: Path, api_tokens: ApiTokens
+) -> Callable[..., Settings]:
+    """Settings for a fresh namespace, quick timings, the test's token file; overrides win."""
 
     def make(**overrides: Any) -> Settings:
         base: dict[str, Any] = {
@@ -152,6 +175,7 @@ def make_settings(nats_url: str, redis_url: str, tmp_path: Path) -> Callable[...
             "monitor_port": 0,
             # The built-in roles default to llm/exec/webhook; flow tests want plain echo.
             "handlers": dict.fromkeys(TEST_FLEET, "echo"),
+            "api_tokens": str(api_tokens.path),
         }
         base.update(overrides)
         return Settings(**base)
@@ -195,7 +219,7 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 
 
 class RunningApp:
-    """An aiohttp app served on a real loopback port, with an HTTP session."""
+    """An aiohttp app served on a real loopback port, with an HTTP session (admin token)."""
 
     def __init__(self, server: TestServer, session: ClientSession) -> None:
         self.server = server
@@ -211,14 +235,16 @@ A = TypeVar("A", bound=RunningApp)
 
 
 @pytest.fixture
-async def serve_app() -> AsyncIterator[Callable[[web.Application, type[A]], Awaitable[A]]]:
+async def serve_app(
+    api_tokens: ApiTokens,
+) -> AsyncIterator[Callable[[web.Application, type[A]], Awaitable[A]]]:
     """Start apps on loopback ports for this test; all are closed at teardown."""
     started: list[RunningApp] = []
 
     async def start(app: web.Application, kind: type[A]) -> A:
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
-        running = kind(server, ClientSession())
+        running = kind(server, ClientSession(headers=api_tokens.header(api_tokens.admin)))
         started.append(running)
         return running
 

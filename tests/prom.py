@@ -45,13 +45,25 @@ def require(binary: str) -> str:
     pytest.skip(message)
 
 
-def config_for_test(settings: Settings, prom_port: int, interval: str = "1s") -> dict[str, Any]:
+def with_credentials(config: dict[str, Any], token_file: Path) -> dict[str, Any]:
+    """The config with every scrape's bearer ``credentials_file`` set to ``token_file``."""
+    for job in config["scrape_configs"]:
+        if "authorization" in job:
+            assert job["authorization"]["type"] == "Bearer", job
+            job["authorization"]["credentials_file"] = str(token_file)
+    return config
+
+
+def config_for_test(
+    settings: Settings, prom_port: int, token_file: Path, interval: str = "1s"
+) -> dict[str, Any]:
     """monitor/prometheus.yml with the targets rewritten to this test's loopback ports.
 
     A target ``<service>:<port>`` must use the port that service listens on by
     default (``FOUNDRY_<SERVICE>_PORT``); it becomes ``127.0.0.1:<settings port>``.
+    Scrapes that send a bearer token read it from ``token_file``.
     """
-    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_YML.read_text())
+    config = with_credentials(yaml.safe_load(PROMETHEUS_YML.read_text()), token_file)
     config["global"].update(scrape_interval=interval, scrape_timeout=interval,
                             evaluation_interval=interval)  # fmt: skip
     config["rule_files"] = [str(ALERTS_YML)]

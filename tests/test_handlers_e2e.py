@@ -45,7 +45,9 @@ async def test_docs_example_runs_as_written(
         PYTHONPATH=f"{tmp_path}:{ROOT}",
     )
     # ... and the documented request is submitted through the gateway
-    body = json.loads(re.search(r"-d '(\{.*?\})'", doc_block("submit"), re.S).group(1))  # type: ignore[union-attr]
+    request = doc_block("submit")
+    assert "Authorization: Bearer $TOKEN" in request and "create" in run  # the token is shown
+    body = json.loads(re.search(r"-d '(\{.*?\})'", request, re.S).group(1))  # type: ignore[union-attr]
     await submit(gw, **body)
     rec = await wait_task(gw, body["task_id"], wait=30)
     # Then the documented result comes back

@@ -294,8 +294,12 @@ async def test_heal_endpoints(
     # history: newest first, paged
     async with gw.http.get(gw.url("/api/cluster/heal/history"), params={"limit": "5"}) as resp:
         hist = await resp.json()
-    assert hist["events"][0]["kind"] == "heal.relaunch"
-    assert hist["events"][0]["slot"] == "critic-0"
+    # the newest is the audit record of the heal request, naming the token that asked
+    audit = hist["events"][0]
+    assert audit["kind"] == "heal.audit" and audit["action"] == "heal", audit
+    assert audit["token"] == "test-admin" and audit["status"] == 200
+    relaunch = next(e for e in hist["events"] if e["kind"] != "heal.audit")
+    assert relaunch["kind"] == "heal.relaunch" and relaunch["slot"] == "critic-0"
     ats = [e["at"] for e in hist["events"]]
     assert ats == sorted(ats, reverse=True)
     async with gw.http.get(gw.url("/api/cluster/heal/history"), params={"limit": "0"}) as resp:

@@ -18,7 +18,7 @@ from foundry.servers import free_port, nats_server
 from foundry.settings import Settings
 from tests import dashboards
 from tests.cluster import slots, start_healer, wait_running, watch
-from tests.conftest import eventually
+from tests.conftest import ApiTokens, eventually
 from tests.procs import ProcessGroup
 from tests.prom import Prometheus, config_for_test, require
 
@@ -51,7 +51,10 @@ class Http:
 
 
 async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
-    make_settings: Callable[..., Settings], procs: ProcessGroup, tmp_path: Path
+    make_settings: Callable[..., Settings],
+    procs: ProcessGroup,
+    tmp_path: Path,
+    api_tokens: ApiTokens,
 ) -> None:
     require("prometheus")
     # Given nats-server with its monitoring port, and a healer running gateway, monitor and
@@ -70,9 +73,13 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         disk_threshold=0.1, remediation_dry_run=True, remediation_cooldown=1.0,
         gateway_port=free_port(), healer_port=free_port(), monitor_port=free_port(),
     )  # fmt: skip
-    prom = Prometheus(config_for_test(settings, prom_port=free_port()), tmp_path / "prometheus")
+    # and a scrape token for the gateway's /metrics (scope metrics), as compose makes one
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text(api_tokens.make("prometheus", "metrics") + "\n")
+    config = config_for_test(settings, prom_port=free_port(), token_file=token_file)
+    prom = Prometheus(config, tmp_path / "prometheus")
     nc = await connect_nats(settings, "test")
-    session = ClientSession()
+    session = ClientSession(headers=api_tokens.header(api_tokens.admin))
     try:
         start_healer(procs, settings, "--services", "gateway,monitor")
         await wait_running(nc, settings, timeout=45)

@@ -14,11 +14,12 @@ import yaml
 
 from foundry.settings import Settings
 from tests import dashboards
-from tests.prom import ALERTS_TEST_YML, ALERTS_YML, PROMETHEUS_YML, ROOT, require
+from tests.prom import ALERTS_TEST_YML, ALERTS_YML, PROMETHEUS_YML, ROOT, require, with_credentials
 
 COMPOSE = ROOT / "compose.yaml"
 PROVISIONING = ROOT / "grafana" / "provisioning"
 OUR_SERVICES = {"gateway", "healer", "monitor"}
+ONE_SHOT = {"api-tokens"}  # runs once before the others, then exits 0
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -27,8 +28,15 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_promtool_accepts_config_and_rules() -> None:
-    out = promtool("check", "config", str(PROMETHEUS_YML))
+def test_promtool_accepts_config_and_rules(tmp_path: Path) -> None:
+    # promtool wants the scrape token file to exist: point it at a stand-in
+    token = tmp_path / "metrics.token"
+    token.write_text("fdy_stand-in\n")
+    text = with_credentials(yaml.safe_load(PROMETHEUS_YML.read_text()), token)
+    text["rule_files"] = [str(ALERTS_YML)]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(text))
+    out = promtool("check", "config", str(config))
     assert out.returncode == 0, out.stdout + out.stderr
     out = promtool("check", "rules", str(ALERTS_YML))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -95,6 +103,11 @@ def test_compose_services_run_real_modules_on_the_configured_ports() -> None:
     targets = {t for job in scrape["scrape_configs"] for s in job["static_configs"]
                for t in s["targets"]}  # fmt: skip
     for name, svc in services.items():
+        for _, source in _bind_mounts(svc):
+            assert (ROOT / source).exists(), f"{name}: mounts missing {source}"
+        if name in ONE_SHOT:
+            assert svc["restart"] == "no", name
+            continue
         assert svc.get("restart") in ("unless-stopped", "always"), f"{name}: no restart policy"
         assert svc.get("healthcheck", {}).get("test"), f"{name}: no health check"
         for _, source in _bind_mounts(svc):
@@ -127,6 +140,29 @@ def test_compose_services_run_real_modules_on_the_configured_ports() -> None:
     assert services["monitor"]["hostname"] == services["healer"]["hostname"]
 
 
+def test_compose_gives_the_gateway_tokens_and_prometheus_its_scrape_token() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    # Given the one-shot that makes the tokens, as the command line it runs
+    command = services["api-tokens"]["command"]
+    assert command[:4] == ["python", "-m", "foundry.apitokens", "init"]
+    made = dict(zip(command[4::2], command[5::2], strict=True))
+    # Then the gateway reads the token file it writes, after it ran
+    gateway = services["gateway"]
+    assert gateway["environment"]["FOUNDRY_API_TOKENS"] == made["--tokens"]
+    assert gateway["depends_on"]["api-tokens"]["condition"] == "service_completed_successfully"
+    assert "gateway:8080" in gateway["environment"]["FOUNDRY_GATEWAY_ALLOWED_HOSTS"]
+    # and Prometheus reads the scrape token where its mount puts that folder alone
+    prometheus = services["prometheus"]
+    [mount] = [v for v in prometheus["volumes"] if isinstance(v, dict)]
+    assert mount["read_only"] and mount["source"] == "foundry-data"
+    metrics_out = Path(made["--metrics-out"])
+    assert metrics_out.parent == Path("/data") / mount["volume"]["subpath"]
+    scrape = yaml.safe_load(PROMETHEUS_YML.read_text())
+    [job] = [j for j in scrape["scrape_configs"] if j["job_name"] == "foundry-gateway"]
+    assert job["authorization"]["credentials_file"] == f"{mount['target']}/{metrics_out.name}"
+    assert prometheus["depends_on"]["api-tokens"]["condition"] == ("service_completed_successfully")
+
+
 def test_dockerfile_installs_every_package() -> None:
     text = (ROOT / "Dockerfile").read_text()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -140,7 +176,10 @@ def _bind_mounts(svc: dict[str, Any]) -> list[tuple[str, str]]:
     """(container path, host path) of the service's bind mounts (host paths start with '.')."""
     out = []
     for volume in svc.get("volumes", []):
-        source, target = volume.split(":")[:2]
+        if isinstance(volume, dict):
+            source, target = volume["source"], volume["target"]
+        else:
+            source, target = volume.split(":")[:2]
         if source.startswith("."):
             out.append((target, source))
     return out

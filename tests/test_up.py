@@ -41,6 +41,9 @@ async def test_foundry_up_end_to_end(tmp_path: Path) -> None:
             "FOUNDRY_MONITOR_PORT": str(ports["monitor"]),
             "FOUNDRY_FLEET": "coder=1,critic=1",
             "FOUNDRY_HANDLERS": "coder=echo,critic=echo",
+            # `foundry up` makes no API token and the CLI sends none: this loopback
+            # cluster runs with the API's authentication explicitly off.
+            "FOUNDRY_API_AUTH": "off",
         }
     )
     log = open(tmp_path / "up.log", "wb")  # noqa: ASYNC230

@@ -75,10 +75,11 @@ async def run(
     tasks: list[tuple[str, bytes]],
     clients: int,
     timeout: float | None = None,
+    token: str = "",
 ) -> HttpThroughput:
     limit = timeout if timeout is not None else 30.0 + len(tasks) / 300
     host, port = gateway
-    conns = [Connection(host, port) for _ in range(clients)]
+    conns = [Connection(host, port, token) for _ in range(clients)]
     await asyncio.gather(*(c.open() for c in conns))
     completions = await Completions(target.parse_done).start(nc, target.done_subject)
     statuses: dict[str, int] = {}

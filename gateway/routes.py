@@ -1,0 +1,101 @@
+"""The route table: every operation's method, path, handler, scope, parameters and answers.
+
+``create_app`` registers exactly these routes, the auth middleware reads each
+one's scope from here, and the OpenAPI document is generated from this table.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from foundry.apitokens import METRICS, OPERATE, READ, SUBMIT
+from gateway import cluster, heal, tasks
+from gateway.jsonio import json_response
+from gateway.keys import OPENAPI
+from gateway.metrics import metrics_view
+from gateway.schemas import SUBMITTED, ref, submit_body
+from gateway.spec import Answer, Route
+
+ERRORS = {
+    400: "Bad input: the message names the field",
+    401: "No valid bearer token (WWW-Authenticate: Bearer)",
+    403: "The token lacks the scope named in the answer, or the Origin is foreign",
+    404: "Unknown id",
+    409: "Conflicts with the current state",
+    413: "Body over FOUNDRY_MAX_TASK_BYTES",
+    415: "A body that is not Content-Type: application/json",
+    421: "The Host header does not name this gateway (FOUNDRY_GATEWAY_ALLOWED_HOSTS)",
+    429: "Queue full (FOUNDRY_MAX_QUEUE_PER_TYPE)",
+    502: "The healer answered with an error; the message gives its reason",
+    503: "NATS, Redis or the healer unreachable",
+}
+GUARDED = (401, 403, 421)  # every route but /health may answer these
+
+
+def errors(*codes: int) -> tuple[Answer, ...]:
+    return tuple(Answer(c, ERRORS[c], ref("Error")) for c in sorted({*codes, *GUARDED}))
+
+
+async def openapi_view(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI])
+
+
+SUBMIT_HELP = (
+    "The task as a JSON body. The seed's form, agent_type / description / task_id as "
+    "query parameters and no body, is still taken from callers that send a bearer token "
+    "(a cross-site form cannot); it is not described here. A task id starting with 'seq-' "
+    "is refused: those are the ids of tasks published without one. The token needs scope "
+    "submit or submit:<agent_type>."
+)
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", cluster.health, None, "health", "Up or down (NATS and Redis)",
+          (Answer(200, "NATS and Redis reachable", ref("Health")),
+           Answer(503, "NATS or Redis unreachable", ref("Health"))),
+          description="Open to anyone; a caller whose token allows read is told which "
+                      "connection is down and whether the healer runs."),
+    Route("POST", "/api/cluster/task/submit", tasks.submit, SUBMIT, "submitTask",
+          "Submit a task; a retried submission with the same task_id runs once",
+          (Answer(202, "Accepted", SUBMITTED), *errors(400, 413, 415, 429, 503)),
+          body=submit_body, description=SUBMIT_HELP),
+    Route("GET", "/api/cluster/task/{task_id}", tasks.get_task, READ, "getTask",
+          "Status and result of a task; ?wait=seconds long-polls until it is final",
+          (Answer(200, "The task", ref("Task")), *errors(400, 404, 503)),
+          params=(tasks.TASK_ID, tasks.WAIT)),
+    Route("GET", "/api/cluster/status", cluster.status, READ, "clusterStatus",
+          "Cluster totals, per-type health, queues, host",
+          (Answer(200, "Status", ref("Status")), *errors())),
+    Route("GET", "/api/cluster/agents/live", cluster.agents_live, READ, "liveAgents",
+          "Workers seen in heartbeats, merged with the healer's slots",
+          (Answer(200, "Workers", ref("Agents")), *errors())),
+    Route("POST", "/api/cluster/heal", heal.heal_now, OPERATE, "healNow",
+          "Relaunch anything dead or silent now (an audit event names the token)",
+          (Answer(200, "What was healed", ref("Healed")), *errors(400, 415, 502, 503))),
+    Route("GET", "/api/cluster/heal/history", heal.history, READ, "healHistory",
+          "Heal events (relaunch, kill_silent, quarantine, release, poison, dead_letter, "
+          "remediate, audit), newest first",
+          (Answer(200, "Events", ref("History")), *errors(400, 503)),
+          params=(heal.LIMIT, heal.OFFSET)),
+    Route("POST", "/api/cluster/workers/{worker_id}/release", heal.release, OPERATE,
+          "releaseWorker",
+          "Release a quarantined worker slot (an audit event names the token)",
+          (Answer(200, "Released", ref("Released")),
+           *errors(400, 404, 409, 415, 502, 503)),
+          params=(heal.WORKER_ID,)),
+    Route("GET", "/api/openapi.json", openapi_view, READ, "openapi", "This document",
+          (Answer(200, "OpenAPI 3.1", {"type": "object"}), *errors())),
+    Route("GET", "/metrics", metrics_view, METRICS, "metrics",
+          "Prometheus metrics of the gateway (scope metrics, or read)",
+          (Answer(200, "Prometheus text format", {"type": "string"}, "text/plain"),
+           *errors())),
+)  # fmt: skip
+
+
+def scope_table() -> dict[tuple[str, str], str | None]:
+    """(method, path pattern) → the scope it needs (None: public)."""
+    return {(r.method, r.path): r.scope for r in ROUTES}
+
+
+def add_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.router_path(), route.handler)

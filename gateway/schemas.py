@@ -1,0 +1,128 @@
+"""JSON Schemas of the gateway's bodies, as the handlers produce and accept them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foundry.contracts import TASK_ID_RE, TaskStatus, values
+from foundry.settings import Settings
+from gateway.spec import Schema
+
+STATUSES = values(TaskStatus)
+
+STR: Schema = {"type": "string"}
+INT: Schema = {"type": "integer"}
+BOOL: Schema = {"type": "boolean"}
+ANY: Schema = {}
+OBJECT: Schema = {"type": "object"}
+OPT_STR: Schema = {"type": ["string", "null"]}
+OPT_NUM: Schema = {"type": ["number", "null"]}
+# An id an HTTP submit may choose: a task id (foundry.contracts) not starting with "seq-",
+# which ids derived from stream sequences use, and not "submit" (a route).
+SUBMIT_TASK_ID: Schema = {
+    "type": ["string", "null"],
+    "description": "absent or null: the gateway picks one (returned in the answer)",
+    "pattern": "^(?!seq-)(?!submit$)" + TASK_ID_RE.pattern[1:],
+}
+
+
+# A character str.strip() keeps, spelt out: JSON Schema's \s (ECMA-262) is another set.
+NON_BLANK = "[^" + "".join(f"\\u{c:04x}" for c in range(0x3001) if chr(c).isspace()) + "]"
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: tuple[str, ...] = (), **props: Any) -> Schema:
+    out: Schema = {"type": "object", "properties": props}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+def submit_body(settings: Settings) -> Schema:
+    """The task a POST submit takes: the fleet's agent types; a description or an input."""
+    body = obj(
+        ("agent_type",),
+        agent_type={"enum": list(settings.fleet), "description": "one of FOUNDRY_FLEET's types"},
+        description=STR,
+        input={"description": "any JSON value; null counts as no input"},
+        task_id=SUBMIT_TASK_ID,
+    )
+    body["additionalProperties"] = False
+    body["anyOf"] = [
+        {"required": ["description"], "properties": {"description": {"pattern": NON_BLANK}}},
+        {"required": ["input"], "properties": {"input": {"not": {"type": "null"}}}},
+    ]
+    return body
+
+
+SUBMITTED = obj(
+    ("task_id", "agent_type", "status", "duplicate"),
+    task_id=STR,
+    agent_type=STR,
+    status={"const": "submitted"},
+    duplicate=BOOL,
+    task_status={"enum": list(STATUSES), "description": "present for a known task id"},
+)
+
+COMPONENTS: dict[str, Schema] = {
+    "Error": {
+        **obj(("error", "message"), error=STR, message=STR, field=STR, scope=OPT_STR),
+        "description": "Every 4xx/5xx; more fields name what was wrong (worker_id, service …)",
+    },
+    "Health": obj(
+        ("status",),
+        status={"enum": ["healthy", "unhealthy"]},
+        cluster_initialized=BOOL,
+        infrastructure_agent={"enum": ["running", "not running"]},
+        nats={"enum": ["connected", "unreachable"]},
+        redis={"enum": ["connected", "unreachable"]},
+        message=STR,
+    ),
+    "Task": obj(
+        ("task_id", "status"),
+        task_id=STR,
+        agent_type=OPT_STR,
+        status={"enum": list(STATUSES)},
+        result=ANY,
+        error=OPT_STR,
+        attempts={"type": ["integer", "null"]},
+        worker_id=OPT_STR,
+        submitted_at=OPT_NUM,
+        started_at=OPT_NUM,
+        finished_at=OPT_NUM,
+        duration_seconds=OPT_NUM,
+    ),
+    "Status": obj(
+        ("total_workers", "healthy_workers", "unhealthy_workers", "agent_types", "queues"),
+        total_workers=INT,
+        healthy_workers=INT,
+        unhealthy_workers=INT,
+        quarantined_workers=INT,
+        agent_types={"type": "object", "additionalProperties": OBJECT},
+        queues={"type": "object", "additionalProperties": OBJECT},
+        healer={"enum": ["running", "not running"]},
+        host={"type": ["object", "null"]},
+        remediation=ANY,
+        nats={"enum": ["connected", "unreachable"]},
+        redis={"enum": ["connected", "unreachable"]},
+    ),
+    "Agents": obj(("agents", "count"), agents={"type": "array", "items": OBJECT}, count=INT),
+    "Healed": obj(
+        ("healed_workers", "count", "message"),
+        healed_workers={"type": "array", "items": STR},
+        count=INT,
+        message=STR,
+        quarantined={"type": "array", "items": STR},
+    ),
+    "History": obj(
+        ("events", "count", "offset", "total"),
+        events={"type": "array", "items": OBJECT},
+        count=INT,
+        offset=INT,
+        total=INT,
+    ),
+    "Released": obj(("released", "worker_id"), released={"const": True}, worker_id=STR, state=STR),
+}
