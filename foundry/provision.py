@@ -10,10 +10,13 @@ Every stream is bounded in bytes and in message size.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -26,6 +29,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from foundry.errors import ProvisioningError
 from foundry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,33 @@ def consumer_config(settings: Settings, agent_type: str) -> ConsumerConfig:
     )
 
 
+# A request the server refuses for lack of permission gets no reply at all.
+_NO_ANSWER = (asyncio.TimeoutError, nats.errors.TimeoutError)
+
+
+async def _create(what: str, call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except _NO_ANSWER:
+        raise ProvisioningError(
+            f"{what} does not exist and creating it got no answer: start the healer (it "
+            "provisions), or connect as a user allowed to create it"
+        ) from None
+
+
+async def _update(what: str, changed: list[str], call: Awaitable[Any]) -> None:
+    try:
+        await call
+        log.info("updated %s (%s)", what, ", ".join(changed))
+    except _NO_ANSWER:
+        log.warning(
+            "%s differs from these settings (%s) but updating it got no answer (this user may "
+            "not provision); using it as it is",
+            what,
+            ", ".join(changed),
+        )
+
+
 def differs(want: Any, have: Any) -> list[str]:
     """The fields ``want`` sets (left neither None nor at the default) that ``have`` lacks."""
     out = []
@@ -123,15 +154,14 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             info = await js.stream_info(config.name)
         except NotFoundError:
             try:
-                await js.add_stream(config)
+                await _create(f"stream {config.name}", js.add_stream(config))
                 log.info("created stream %s", config.name)
                 continue
             except BadRequestError:
                 info = await js.stream_info(config.name)  # created concurrently
         changed = differs(config, info.config)
         if changed:
-            await js.update_stream(config)
-            log.info("updated stream %s (%s)", config.name, ", ".join(changed))
+            await _update(f"stream {config.name}", changed, js.update_stream(config))
 
 
 async def ensure_consumer(js: JetStreamContext, settings: Settings, agent_type: str) -> None:
@@ -142,10 +172,11 @@ async def ensure_consumer(js: JetStreamContext, settings: Settings, agent_type: 
     try:
         info = await js.consumer_info(stream, config.durable_name)
     except NotFoundError:
-        await js.add_consumer(stream, config)
+        await _create(f"consumer {config.durable_name}", js.add_consumer(stream, config))
         return
-    if differs(config, info.config):
-        await js.add_consumer(stream, config)
+    changed = differs(config, info.config)
+    if changed:
+        await _update(f"consumer {config.durable_name}", changed, js.add_consumer(stream, config))
 
 
 async def provision(

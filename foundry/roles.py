@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import urlsplit, urlunsplit
 
-from foundry.natsauth import inbox_prefix, user_name
+from foundry.natsauth import HEALER, inbox_prefix, user_name
 from foundry.settings import Settings, split_urls
 
 
@@ -34,13 +34,14 @@ def without_userinfo(urls: str) -> str:
 
 
 def role_env(settings: Settings, role: str) -> dict[str, str]:
-    """Environment overrides for a child process of ``role`` (empty password list always).
+    """Environment overrides for a child process of ``role``.
 
     With per-role passwords known, a role without one (a server, a type added
     since they were generated) gets no NATS credentials at all rather than the
     healer's; without any, the child inherits the URL as configured.
     """
-    env = {"FOUNDRY_NATS_ROLE_PASSWORDS": ""}
+    # only a healer keeps the list: it hands each of its children that child's own
+    env = {} if role == HEALER else {"FOUNDRY_NATS_ROLE_PASSWORDS": ""}
     password = settings.nats_role_passwords.get(role)
     if password is None and settings.nats_role_passwords:
         env["FOUNDRY_NATS_URL"] = without_userinfo(settings.nats_url)
