@@ -26,11 +26,16 @@ from foundry.secrets import new_secret, write_private
 from foundry.servers import ServerProcess, free_port, nats_server, redis_server
 
 
-def nats_login_ok(port: int, user: str, password: str, timeout: float = 2.0) -> bool:
-    """Whether the server on ``port`` accepts ``user``/``password`` (raw protocol, no TLS)."""
+def nats_login_ok(port: int, user: str = "", password: str = "", timeout: float = 2.0) -> bool:
+    """Whether the server on ``port`` accepts ``user``/``password`` (none: anonymous).
+
+    Speaks the protocol on a plain socket (no TLS), so a refusal leaves nothing open.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.recv(4096)  # INFO
-        connect = {"user": user, "pass": password, "verbose": False, "pedantic": False}
+        connect: dict[str, object] = {"verbose": False, "pedantic": False}
+        if user:
+            connect.update(user=user, **{"pass": password})
         sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
         reply = b""
         deadline = time.monotonic() + timeout
