@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from foundry.errors import BrokerUnavailable, CacheUnavailable, ConfigError
+from foundry.roles import role_settings
 from foundry.settings import Settings, redact_url, split_urls
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,14 @@ def _auth_hint(exc: BaseException) -> str:
 
 
 async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
-    """Connect to NATS, retrying for up to ``connect_timeout`` seconds."""
+    """Connect to NATS, retrying for up to ``connect_timeout`` seconds.
+
+    ``name`` is the service's role (``healer``, ``gateway``, ``worker-coder`` …): when
+    FOUNDRY_NATS_ROLE_PASSWORDS holds that role (cluster.env sourced on another
+    host), the connection uses that role's user.
+    """
+    if name in settings.nats_role_passwords:
+        settings = role_settings(settings, name)
     options: dict[str, Any] = {
         "servers": split_urls(settings.nats_url),
         "name": name,

@@ -311,3 +311,27 @@ async def test_redis_wants_the_password_and_keeps_to_the_key_prefix(settings: Se
                 await client.execute_command(*command)  # type: ignore[no-untyped-call]
     finally:
         await client.aclose()
+
+
+async def test_a_service_started_with_the_role_passwords_connects_as_its_role(
+    connect_as: Callable[[str], Awaitable[Conn]], nc: NATS, settings: Settings
+) -> None:
+    # Given the environment another host gets from cluster.env (every service role's password)
+    assert settings.nats_role_passwords
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    beats = await watching(nc, settings.names.heartbeat())
+    # When a worker connects by its role's name, Then it is worker-coder: its beat goes through
+    worker = await connect_nats(settings, worker_role("coder"), error_cb=on_error)
+    try:
+        await worker.publish(settings.names.heartbeat("coder", "coder-9"), b"{}")
+        await worker.publish(settings.names.heal_event("relaunch"), b"{}")
+        await worker.flush()
+        await eventually(lambda: beats.msgs, 5)
+        # and it has no more than a worker's rights
+        await eventually(lambda: any("permissions violation" in e for e in errors), 5)
+    finally:
+        await worker.close()
