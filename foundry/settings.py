@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from foundry.errors import ConfigError, InvalidAgentType
 from foundry.names import Names, validate_agent_type
+from foundry.urls import redact_url as redact_url  # re-exported: callers import it from here
+from foundry.urls import split_urls as split_urls
 
 DEFAULT_FLEET = "architect=1,coder=1,executor=1,critic=1,deployer=1"
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -69,48 +71,6 @@ def parse_bindings(text: str, var: str = "FOUNDRY_HANDLERS") -> dict[str, str]:
             raise ConfigError(f"{var}: {exc}") from None
         out[name] = spec
     return out
-
-
-_SECRET_QUERY_KEYS = ("password", "pass", "token", "auth_token", "secret")
-# Greedy to the last "@": a password holding "/" or "?" is still covered.
-_USERINFO_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)(.*)@", re.IGNORECASE)
-
-
-def _redact_one(url: str) -> str:
-    url = url.strip()
-    match = _USERINFO_RE.match(url)
-    if match:
-        user, sep, _secret = match.group(2).partition(":")
-        # user:password keeps the user; a lone name (nats://TOKEN@host) is a token
-        shown = f"{user}:***" if sep else "***"
-        url = f"{match.group(1)}{shown}@{url[match.end() :]}"
-    base, qmark, query = url.partition("?")
-    if not qmark:
-        return url
-    fragment = ""
-    if "#" in query:
-        query, fragment = query.split("#", 1)
-        fragment = "#" + fragment
-    items = []
-    for item in query.split("&"):
-        key, eq, _value = item.partition("=")
-        secret = eq and key.lower() in _SECRET_QUERY_KEYS
-        items.append(f"{key}=***" if secret else item)
-    return f"{base}?{'&'.join(items)}{fragment}"
-
-
-def redact_url(url: str) -> str:
-    """The URL (or comma-separated URLs) with every password and token replaced by ``***``.
-
-    Covers ``user:password@``, token-style userinfo (``nats://TOKEN@host``) and
-    query-string secrets (``?password=``); never raises, whatever the text.
-    """
-    return ",".join(_redact_one(part) for part in url.split(","))
-
-
-def split_urls(text: str) -> list[str]:
-    """A comma-separated list of URLs as a list (blank items dropped)."""
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _url(schemes: tuple[str, ...], many: bool = False) -> Callable[[str], str]:
