@@ -18,27 +18,44 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from foundry import embedded as embedded_mod
+from foundry.embedded import prepare as prepare_embedded
 from foundry.errors import ConfigError
+from foundry.secrets import read_env_file
 from foundry.servers import port_open
-from foundry.settings import Settings
+from foundry.settings import Settings, split_urls
 
 STOP_GRACE = 60.0
+# What the HTTP commands read: the environment, over client.env when there is one.
+_environ: Mapping[str, str] = os.environ
+
+
+def client_environ(environ: Mapping[str, str], path: Path) -> dict[str, str]:
+    """``environ`` over the ``KEY=value`` entries of ``path`` (explicit environment wins)."""
+    base = read_env_file(path) if path.is_file() else {}
+    return {**base, **environ}
 
 
 def _gateway_url(settings: Settings) -> str:
-    host = settings.gateway_host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return os.environ.get("FOUNDRY_GATEWAY_URL", f"http://{host}:{settings.gateway_port}")
+    return _environ.get("FOUNDRY_GATEWAY_URL") or embedded_mod.gateway_url(settings)
+
+
+def _headers() -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    token = _environ.get("FOUNDRY_API_TOKEN", "").strip()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(url, data=data, method=method, headers=_headers())
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
@@ -56,12 +73,12 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: fl
 
 
 def _answers(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
+    parts = urlsplit(split_urls(url)[0])
     return port_open(parts.hostname or "127.0.0.1", parts.port or default_port, timeout=0.5)
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    embedded = [
+    embedded: list[str] = [
         name
         for name, url, port in (
             ("nats", settings.nats_url, 4222),
@@ -74,10 +91,21 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "healer", "--services", ",".join(services)]
     if embedded:
         cmd += ["--embedded", ",".join(embedded)]
-    env = {**os.environ, **settings.to_env()}
     for name in ("nats", "redis"):
         where = "embedded" if name in embedded else "already running"
         print(f"foundry: {name}: {where}", flush=True)
+    try:
+        settings = embedded_mod.prepare_api_token(prepare_embedded(settings, embedded))
+    except ConfigError as exc:
+        print(f"foundry: {exc}", file=sys.stderr)
+        return 2
+    joining = f"; another host joins with {embedded_mod.cluster_env_path(settings)}"
+    print(
+        f"foundry: credentials: . {embedded_mod.client_env_path(settings)}  (API token, "
+        f"nats CLI, foundry CLI){joining if embedded else ''}",
+        flush=True,
+    )
+    env = {**os.environ, **settings.to_env()}
     proc = subprocess.Popen(cmd, env=env)
     stopping = False
 
@@ -201,9 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _environ
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        if args.command != "up":
+            _environ = client_environ(os.environ, embedded_mod.client_env_path(settings))
+            settings = Settings.from_env(_environ)
     except ConfigError as exc:
         print(f"foundry: {exc}", file=sys.stderr)
         return 2

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
@@ -20,8 +22,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from foundry.errors import BrokerUnavailable, CacheUnavailable
-from foundry.settings import Settings, redact_url
+from foundry.errors import BrokerUnavailable, CacheUnavailable, ConfigError
+from foundry.roles import role_settings
+from foundry.settings import Settings, redact_url, split_urls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,11 +62,71 @@ async def _with_retries(
             delay = min(delay * 2, 2.0)
 
 
+JWT_MARK = "BEGIN NATS USER JWT"
+SEED_MARK = "BEGIN USER NKEY SEED"
+
+
+def _seed_of(text: str) -> str | None:
+    """The user nkey seed of a creds file (inside its SEED block, or the file alone)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if SEED_MARK in line and i + 1 < len(lines):
+            return lines[i + 1]
+    if len(lines) == 1 and lines[0].startswith("SU"):
+        return lines[0]
+    return None
+
+
+def nats_auth_options(settings: Settings) -> dict[str, Any]:
+    """nats-py options for FOUNDRY_NATS_CREDS and TLS (credentials in the URL need none)."""
+    options: dict[str, Any] = {}
+    if settings.nats_creds:
+        path = Path(settings.nats_creds)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"FOUNDRY_NATS_CREDS: cannot read {path}: {exc.strerror}") from None
+        if JWT_MARK in text:
+            options["user_credentials"] = str(path)  # decentralised auth: JWT + seed
+        else:
+            seed = _seed_of(text)
+            if seed is None:
+                raise ConfigError(
+                    f"FOUNDRY_NATS_CREDS: {path} holds neither a user JWT nor a user nkey seed"
+                )
+            options["nkeys_seed_str"] = seed  # a user nkey listed in the server's config
+    wants_tls = any(url.startswith("tls://") for url in split_urls(settings.nats_url))
+    if wants_tls or settings.nats_tls_ca or settings.nats_tls_cert:
+        context = ssl.create_default_context(cafile=settings.nats_tls_ca or None)
+        if settings.nats_tls_cert:
+            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key or None)
+        options["tls"] = context
+    return options
+
+
+def _auth_hint(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "authorization" in text or "authentication" in text:
+        return (
+            " The server refused the credentials: check the user:password in "
+            "FOUNDRY_NATS_URL or FOUNDRY_NATS_CREDS."
+        )
+    return ""
+
+
 async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
-    """Connect to NATS, retrying for up to ``connect_timeout`` seconds."""
+    """Connect to NATS, retrying for up to ``connect_timeout`` seconds.
+
+    ``name`` is the service's role (``healer``, ``gateway``, ``worker-coder`` …): when
+    FOUNDRY_NATS_ROLE_PASSWORDS holds that role (cluster.env sourced on another
+    host), the connection uses that role's user.
+    """
+    if name in settings.nats_role_passwords:
+        settings = role_settings(settings, name)
     options: dict[str, Any] = {
-        "servers": [settings.nats_url],
+        "servers": split_urls(settings.nats_url),
         "name": name,
+        "inbox_prefix": settings.nats_inbox_prefix,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
         "ping_interval": 2,
@@ -74,6 +137,7 @@ async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
         "disconnected_cb": _log_disconnect,
         "reconnected_cb": _log_reconnect,
         "pending_size": 8 * 1024 * 1024,
+        **nats_auth_options(settings),
     }
     options.update(extra)
     conn: NATS = await _with_retries(
@@ -85,10 +149,23 @@ async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
         lambda exc: BrokerUnavailable(
             f"NATS at {redact_url(settings.nats_url)} did not answer within "
             f"{settings.connect_timeout:g}s ({exc!r}); is nats-server running? "
-            "Set FOUNDRY_NATS_URL to where it listens."
+            f"Set FOUNDRY_NATS_URL to where it listens.{_auth_hint(exc)}"
         ),
     )
     return conn
+
+
+def redis_tls_options(settings: Settings) -> dict[str, Any]:
+    """redis-py options for a ``rediss://`` URL: the CA and the client certificate."""
+    if not settings.redis_url.startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required"}
+    if settings.redis_tls_ca:
+        options["ssl_ca_certs"] = settings.redis_tls_ca
+    if settings.redis_tls_cert:
+        options["ssl_certfile"] = settings.redis_tls_cert
+        options["ssl_keyfile"] = settings.redis_tls_key or None
+    return options
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -100,6 +177,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         health_check_interval=5,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **redis_tls_options(settings),
     )
 
 

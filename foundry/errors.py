@@ -32,5 +32,9 @@ class CacheUnavailable(FoundryError):
     """Redis cannot be reached or did not answer in time."""
 
 
+class ProvisioningError(FoundryError):
+    """A stream or consumer is missing and this connection could not create it."""
+
+
 class ServerStartError(FoundryError):
     """An embedded nats-server or redis-server did not start."""

@@ -2,14 +2,21 @@
 
 The server defaults are unsafe for a task queue (unlimited ``max_deliver``,
 ``max_ack_pending`` 1000 shared by everything): both are set on purpose here.
-Re-running with the same settings changes nothing; changed settings update
-the existing stream or consumer in place.
+Re-running with the same settings changes nothing and writes nothing (so a
+role allowed only to read stream and consumer info can run it); changed
+settings update the existing stream or consumer in place, never recreate it.
+Every stream is bounded in bytes and in message size.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+from collections.abc import Awaitable
+from typing import Any
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -22,9 +29,30 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from foundry.errors import ProvisioningError
 from foundry.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Room for headers (Nats-Msg-Id, trace ids) and the JSON around a payload.
+MSG_HEADROOM = 64 * 1024
+# A dead letter carries the task's payload as a JSON string: escaping may grow it.
+DEAD_LETTER_GROWTH = 6
+
+
+def task_msg_bytes(settings: Settings) -> int:
+    """Largest message on AGENT_TASKS and AGENT_EVENTS."""
+    return settings.max_task_bytes + MSG_HEADROOM
+
+
+def dead_msg_bytes(settings: Settings) -> int:
+    """Largest message on AGENT_DEAD (a whole task, escaped, plus evidence)."""
+    return DEAD_LETTER_GROWTH * settings.max_task_bytes + MSG_HEADROOM
+
+
+def max_payload(settings: Settings) -> int:
+    """The embedded nats-server's max_payload: room for the largest stream message."""
+    return max(1024 * 1024, task_msg_bytes(settings), dead_msg_bytes(settings))
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
@@ -39,6 +67,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             discard_new_per_subject=True,
             max_msgs_per_subject=settings.max_queue_per_type,
             duplicate_window=settings.duplicate_window,
+            max_bytes=settings.tasks_max_bytes,
+            max_msg_size=task_msg_bytes(settings),
         ),
         StreamConfig(
             name=names.events_stream,
@@ -48,7 +78,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             discard=DiscardPolicy.OLD,
             max_age=settings.events_max_age,
             max_msgs=1_000_000,
-            max_bytes=512 * 1024 * 1024,
+            max_bytes=settings.events_max_bytes,
+            max_msg_size=task_msg_bytes(settings),
         ),
         StreamConfig(
             name=names.dead_stream,
@@ -57,6 +88,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
             max_msgs=100_000,
+            max_bytes=settings.dead_max_bytes,
+            max_msg_size=dead_msg_bytes(settings),
         ),
     ]
 
@@ -74,25 +107,76 @@ def consumer_config(settings: Settings, agent_type: str) -> ConsumerConfig:
     )
 
 
+# A request the server refuses for lack of permission gets no reply at all.
+_NO_ANSWER = (asyncio.TimeoutError, nats.errors.TimeoutError)
+
+
+async def _create(what: str, call: Awaitable[Any]) -> None:
+    try:
+        await call
+    except _NO_ANSWER:
+        raise ProvisioningError(
+            f"{what} does not exist and creating it got no answer: start the healer (it "
+            "provisions), or connect as a user allowed to create it"
+        ) from None
+
+
+async def _update(what: str, changed: list[str], call: Awaitable[Any]) -> None:
+    try:
+        await call
+        log.info("updated %s (%s)", what, ", ".join(changed))
+    except _NO_ANSWER:
+        log.warning(
+            "%s differs from these settings (%s) but updating it got no answer (this user may "
+            "not provision); using it as it is",
+            what,
+            ", ".join(changed),
+        )
+
+
+def differs(want: Any, have: Any) -> list[str]:
+    """The fields ``want`` sets (left neither None nor at the default) that ``have`` lacks."""
+    out = []
+    for f in dataclasses.fields(want):
+        value = getattr(want, f.name)
+        if value is None or (f.default is not dataclasses.MISSING and value == f.default):
+            continue  # the server's own default
+        if getattr(have, f.name, None) != value:
+            out.append(f.name)
+    return out
+
+
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update AGENT_TASKS, AGENT_EVENTS and AGENT_DEAD."""
+    """Create AGENT_TASKS, AGENT_EVENTS and AGENT_DEAD, or update them where they differ."""
     for config in stream_configs(settings):
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
             try:
-                await js.add_stream(config)
+                await _create(f"stream {config.name}", js.add_stream(config))
                 log.info("created stream %s", config.name)
                 continue
             except BadRequestError:
-                pass  # created concurrently by another service; update below
-        await js.update_stream(config)
+                info = await js.stream_info(config.name)  # created concurrently
+        changed = differs(config, info.config)
+        if changed:
+            await _update(f"stream {config.name}", changed, js.update_stream(config))
 
 
 async def ensure_consumer(js: JetStreamContext, settings: Settings, agent_type: str) -> None:
-    """Create or update the durable pull consumer ``workers-<type>``."""
-    await js.add_consumer(settings.names.tasks_stream, consumer_config(settings, agent_type))
+    """Create the durable pull consumer ``workers-<type>``, or update it where it differs."""
+    config = consumer_config(settings, agent_type)
+    stream = settings.names.tasks_stream
+    assert config.durable_name is not None
+    try:
+        info = await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        await _create(f"consumer {config.durable_name}", js.add_consumer(stream, config))
+        return
+    changed = differs(config, info.config)
+    if changed:
+        await _update(f"consumer {config.durable_name}", changed, js.add_consumer(stream, config))
 
 
 async def provision(

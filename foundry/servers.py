@@ -69,14 +69,28 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def nats_command(port: int, store_dir: Path, http_port: int | None = None) -> list[str]:
+def nats_command(
+    port: int, store_dir: Path, http_port: int | None = None, config: Path | None = None
+) -> list[str]:
+    """The nats-server command line; with ``config``, users and secrets come from that file.
+
+    The port stays on the command line (the healer reads it from there); nothing
+    secret ever does.
+    """
+    if config is not None:
+        return [find_nats_server(), "-c", str(config), "-p", str(port)]
     cmd = [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
     if http_port is not None:
         cmd += ["-m", str(http_port)]
     return cmd
 
 
-def redis_command(port: int, data_dir: Path, persist: bool = True) -> list[str]:
+def redis_command(
+    port: int, data_dir: Path, persist: bool = True, config: Path | None = None
+) -> list[str]:
+    """The redis-server command line; with ``config``, the ACL users come from that file."""
+    if config is not None:
+        return [find_redis_server(), str(config), "--port", str(port)]
     cmd = [
         find_redis_server(),
         "--bind",
@@ -146,17 +160,21 @@ class ServerProcess:
             stop_child(self.proc, grace)
 
 
-def nats_server(port: int, root: Path, http_port: int | None = None) -> ServerProcess:
+def nats_server(
+    port: int, root: Path, http_port: int | None = None, config: Path | None = None
+) -> ServerProcess:
     store = root / "jetstream"
     store.mkdir(parents=True, exist_ok=True)
     return ServerProcess(
-        "nats-server", nats_command(port, store, http_port), port, root / "nats.log"
+        "nats-server", nats_command(port, store, http_port, config), port, root / "nats.log"
     )
 
 
-def redis_server(port: int, root: Path, persist: bool = True) -> ServerProcess:
+def redis_server(
+    port: int, root: Path, persist: bool = True, config: Path | None = None
+) -> ServerProcess:
     data = root / "redis"
     data.mkdir(parents=True, exist_ok=True)
     return ServerProcess(
-        "redis-server", redis_command(port, data, persist), port, root / "redis.log"
+        "redis-server", redis_command(port, data, persist, config), port, root / "redis.log"
     )

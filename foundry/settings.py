@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from foundry.errors import ConfigError, InvalidAgentType
 from foundry.names import Names, validate_agent_type
+from foundry.urls import redact_url as redact_url  # re-exported: callers import it from here
+from foundry.urls import split_urls as split_urls
 
 DEFAULT_FLEET = "architect=1,coder=1,executor=1,critic=1,deployer=1"
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -71,22 +73,26 @@ def parse_bindings(text: str, var: str = "FOUNDRY_HANDLERS") -> dict[str, str]:
     return out
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
-    def conv(text: str) -> str:
-        parts = urlsplit(text)
+def _url(schemes: tuple[str, ...], many: bool = False) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError(f"{redact_url(text)!r} is not a URL") from None
         if parts.scheme not in schemes or not (parts.hostname or parts.scheme == "unix"):
-            raise ValueError(f"expected a URL like {schemes[0]}://127.0.0.1:port")
+            raise ValueError(
+                f"{redact_url(text)!r}: expected a URL like {schemes[0]}://127.0.0.1:port"
+            )
         return text
+
+    def conv(text: str) -> str:
+        if not many:
+            return check(text)
+        urls = split_urls(text)
+        if not urls:
+            raise ValueError(f"expected a URL like {schemes[0]}://127.0.0.1:port")
+        return ",".join(check(url) for url in urls)
 
     return conv
 
@@ -228,6 +234,32 @@ def _grants(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _subject_prefix(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*", text):
+        raise ValueError("expected subject tokens such as _INBOX (no wildcards or spaces)")
+    return text
+
+
+def _file(text: str) -> str:
+    if text and not Path(text).is_file():
+        raise ValueError("no such file")
+    return text
+
+
+def parse_role_secrets(text: str, var: str = "FOUNDRY_NATS_ROLE_PASSWORDS") -> dict[str, str]:
+    """Parse ``role=password,role=password`` (never echoing a password in an error)."""
+    out: dict[str, str] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        role, sep, secret = item.partition("=")
+        if not sep or not role.strip() or not secret:
+            raise ConfigError(f"{var}: an item is not 'role=password'")
+        out[role.strip()] = secret
+    return out
+
+
 def _opt(var: str, conv: Callable[[str], Any], default: Any, repr: bool = True) -> Any:
     return field(default=default, repr=repr, metadata={"env": var, "conv": conv})
 
@@ -238,7 +270,7 @@ class Settings:
 
     # URLs may carry credentials: repr=False keeps them out of logs (use describe()).
     nats_url: str = _opt(
-        "FOUNDRY_NATS_URL", _url(("nats", "tls")), "nats://127.0.0.1:4222", repr=False
+        "FOUNDRY_NATS_URL", _url(("nats", "tls"), many=True), "nats://127.0.0.1:4222", repr=False
     )
     redis_url: str = _opt(
         "FOUNDRY_REDIS_URL",
@@ -353,11 +385,35 @@ class Settings:
         "FOUNDRY_NATS_MONITOR_URL", _optional_url(("http", "https")), "", repr=False
     )
 
+    # Credentials and TLS for NATS and Redis (see README "Security").
+    # A .creds file: a JWT with its user seed, or a user nkey seed alone.
+    nats_creds: str = _opt("FOUNDRY_NATS_CREDS", _file, "")
+    nats_tls_ca: str = _opt("FOUNDRY_NATS_TLS_CA", _file, "")
+    nats_tls_cert: str = _opt("FOUNDRY_NATS_TLS_CERT", _file, "")
+    nats_tls_key: str = _opt("FOUNDRY_NATS_TLS_KEY", _file, "")
+    redis_tls_ca: str = _opt("FOUNDRY_REDIS_TLS_CA", _file, "")
+    redis_tls_cert: str = _opt("FOUNDRY_REDIS_TLS_CERT", _file, "")
+    redis_tls_key: str = _opt("FOUNDRY_REDIS_TLS_KEY", _file, "")
+    # Per-role NATS passwords the healer hands to the processes it launches, each only its own.
+    nats_role_passwords: dict[str, str] = _opt(
+        "FOUNDRY_NATS_ROLE_PASSWORDS", lambda t: parse_role_secrets(t), None, repr=False
+    )
+    # Reply subjects start with this; a role's own prefix keeps others from reading its replies.
+    nats_inbox_prefix: str = _opt("FOUNDRY_NATS_INBOX_PREFIX", _subject_prefix, "_INBOX")
+    # The embedded nats-server's loopback HTTP monitoring port (0: none).
+    nats_monitor_port: int = _opt("FOUNDRY_NATS_MONITOR_PORT", _port, 8222)
+    # Stream byte limits (the oldest events and dead letters go first; a full task queue refuses).
+    tasks_max_bytes: int = _opt("FOUNDRY_TASKS_MAX_BYTES", _positive(_size), 1024**3)
+    events_max_bytes: int = _opt("FOUNDRY_EVENTS_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    dead_max_bytes: int = _opt("FOUNDRY_DEAD_MAX_BYTES", _positive(_size), 256 * 1024**2)
+
     def __post_init__(self) -> None:
         if self.fleet is None:
             object.__setattr__(self, "fleet", parse_fleet(DEFAULT_FLEET))
         if self.handlers is None:
             object.__setattr__(self, "handlers", {})
+        if self.nats_role_passwords is None:
+            object.__setattr__(self, "nats_role_passwords", {})
         if self.clean_paths is None:
             object.__setattr__(self, "clean_paths", (self.data_dir / "logs",))
 
@@ -376,7 +432,9 @@ class Settings:
             except ConfigError:
                 raise
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{var}={text!r} is invalid: {exc}") from None
+                # A field kept out of repr may hold a secret: never echo its value.
+                shown = f"={text!r}" if f.repr else ""
+                raise ConfigError(f"{var}{shown} is invalid: {exc}") from None
         values.update(overrides)
         return cls(**values)
 

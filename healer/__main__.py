@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 
+from foundry.embedded import prepare as prepare_embedded
 from foundry.errors import BrokerUnavailable, CacheUnavailable, ConfigError
 from foundry.runtime import (
     EXIT_CONFIG,
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.check:
             return check_health("healer", "127.0.0.1", settings.healer_port)
+        # embedded servers run with generated credentials; the healer uses its own
+        settings = prepare_embedded(settings, args.embedded)
         service = HealerService(settings, args.services, args.embedded)
     except ConfigError as exc:
         print(f"healer: {exc}", file=sys.stderr)

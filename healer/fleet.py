@@ -10,9 +10,12 @@ from urllib.parse import urlsplit
 
 from foundry.childenv import env_for
 from foundry.contracts import SlotKind
+from foundry.embedded import nats_config_path, redis_config_path
 from foundry.errors import ConfigError
+from foundry.natsauth import GATEWAY, MONITOR, worker_role
+from foundry.roles import role_env
 from foundry.servers import nats_command, redis_command
-from foundry.settings import Settings
+from foundry.settings import Settings, split_urls
 from healer.slots import Slot
 
 SERVICES = ("gateway", "monitor")
@@ -20,11 +23,11 @@ EMBEDDABLE = ("nats", "redis")
 
 
 def _port(url: str, default: int) -> int:
-    return urlsplit(url).port or default
+    return urlsplit(split_urls(url)[0]).port or default
 
 
 def _local(url: str, var: str) -> None:
-    host = urlsplit(url).hostname
+    host = urlsplit(split_urls(url)[0]).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError(f"{var}: an embedded server listens on loopback only, not {host!r}")
 
@@ -42,9 +45,11 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
         agent_type: str | None = None,
         index: int | None = None,
         port: int | None = None,
+        role: str = "",
     ) -> None:
         log_path = logs / f"{name}.log"
-        env = env_for(settings, kind, agent_type, os.environ)  # only the secrets it needs
+        # only the secrets its handler needs, and its own role's NATS credentials
+        env = {**env_for(settings, kind, agent_type, os.environ), **role_env(settings, role)}
         slots.append(Slot(name, kind, command, agent_type, index, env, log_path, port))
 
     for server in embedded:
@@ -56,12 +61,20 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
             _local(settings.nats_url, "FOUNDRY_NATS_URL")
             store = root / "jetstream"
             store.mkdir(exist_ok=True)
+            config = nats_config_path(settings)
+            if not config.exists():
+                raise ConfigError(f"--embedded nats: {config} is missing (foundry up writes it)")
             port = _port(settings.nats_url, 4222)
-            add("nats-server", SlotKind.SERVER, nats_command(port, store), port=port)
+            add("nats-server", SlotKind.SERVER, nats_command(port, store, config=config), port=port)
         else:
             _local(settings.redis_url, "FOUNDRY_REDIS_URL")
+            config = redis_config_path(settings)
+            if not config.exists():
+                raise ConfigError(f"--embedded redis: {config} is missing (foundry up writes it)")
             port = _port(settings.redis_url, 6379)
-            add("redis-server", SlotKind.SERVER, redis_command(port, root), port=port)
+            add(
+                "redis-server", SlotKind.SERVER, redis_command(port, root, config=config), port=port
+            )
     for service in services:
         if service not in SERVICES:
             raise ConfigError(
@@ -69,7 +82,8 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
             )
         if importlib.util.find_spec(service) is None:
             raise ConfigError(f"--services: package {service!r} is not installed")
-        add(service, SlotKind.SERVICE, [sys.executable, "-m", service])
+        role = {"gateway": GATEWAY, "monitor": MONITOR}[service]
+        add(service, SlotKind.SERVICE, [sys.executable, "-m", service], role=role)
     for agent_type, count in settings.fleet.items():
         for index in range(count):
             name = f"{agent_type}-{index}"
@@ -84,7 +98,7 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
                 "--slot",
                 str(index),
             ]
-            add(name, SlotKind.WORKER, command, agent_type=agent_type, index=index)
+            add(name, SlotKind.WORKER, command, agent_type, index, role=worker_role(agent_type))
     return slots
 
 

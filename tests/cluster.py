@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from foundry import codec
+from foundry.natsauth import HEALER
 from foundry.settings import Settings
 from tests.procs import ProcessGroup
 
@@ -79,4 +80,4 @@ def start_healer(
     procs: ProcessGroup, settings: Settings, *args: str, **env: str
 ) -> subprocess.Popen[bytes]:
     procs.adopt_run_dir(settings.data_dir / "run")
-    return procs.start(["-m", "healer", *args], settings, "healer", **env)
+    return procs.start(["-m", "healer", *args], settings, "healer", HEALER, **env)

@@ -1,7 +1,11 @@
 """Real servers for the suite: nats-server and redis-server on free loopback ports.
 
 Session fixtures start one of each in a temporary folder (binaries from the
-project's own dependencies) and stop them by pid. ``FOUNDRY_TEST_NATS_URL`` /
+project's own dependencies) and stop them by pid. Both run with authorization,
+from the generators ``foundry up`` uses: every test's namespace gets its own
+role users on the shared nats-server (``tests/bus.py``), its settings carry
+that namespace's admin in ``nats_url`` and the service roles' passwords, and
+processes the tests start connect as their role, as under a healer. ``FOUNDRY_TEST_NATS_URL`` /
 ``FOUNDRY_TEST_REDIS_URL`` point the suite at servers that already run instead;
 ``FOUNDRY_TEST_DOCKER=1`` runs them in containers via testcontainers (the
 ``docker`` extra). Fault tests that stop a server always use local processes.
@@ -26,10 +30,12 @@ from nats.aio.client import Client as NATS
 
 from foundry.apitokens import create_token
 from foundry.connect import connect_nats
+from foundry.natsauth import ADMIN, GATEWAY, service_roles
 from foundry.provision import provision
-from foundry.servers import ServerProcess, free_port, nats_server, redis_server
+from foundry.roles import role_settings
 from foundry.settings import Settings
 from gateway.app import create_app
+from tests.bus import AuthNats, AuthRedis
 from tests.procs import ProcessGroup
 
 
@@ -73,21 +79,29 @@ def _container(image: str, port: int, ready_log: str, *command: str) -> Iterator
 
 
 @pytest.fixture(scope="session")
-def nats_url(server_root: Path) -> Iterator[str]:
+def nats_bus(server_root: Path) -> Iterator[AuthNats | None]:
+    """The suite's nats-server with per-namespace role users (None for external servers)."""
+    if _external("FOUNDRY_TEST_NATS_URL") or _docker_wanted():
+        yield None
+        return
+    bus = AuthNats(server_root / "nats").start()
+    try:
+        yield bus
+    finally:
+        bus.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_bus: AuthNats | None) -> Iterator[str]:
+    if nats_bus is not None:
+        yield nats_bus.url
+        return
     url = _external("FOUNDRY_TEST_NATS_URL")
     if url:
         yield url
         return
-    if _docker_wanted():
-        with _container("nats:2.10", 4222, "Server is ready", "-js") as where:
-            yield f"nats://{where}"
-        return
-    port = free_port()
-    proc = nats_server(port, server_root / "nats").start()
-    try:
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.stop()
+    with _container("nats:2.10", 4222, "Server is ready", "-js") as where:
+        yield f"nats://{where}"
 
 
 @pytest.fixture(scope="session")
@@ -100,32 +114,31 @@ def redis_url(server_root: Path) -> Iterator[str]:
         with _container("redis:7", 6379, "Ready to accept connections") as where:
             yield f"redis://{where}/0"
         return
-    port = free_port()
-    proc = redis_server(port, server_root / "redis", persist=False).start()
+    server = AuthRedis(server_root / "redis").start()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.stop()
+        server.stop()
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[ServerProcess]:
+def own_redis(tmp_path: Path) -> Iterator[AuthRedis]:
     """A redis-server for this test alone, for outage tests (stop / start it at will)."""
-    proc = redis_server(free_port(), tmp_path / "own-redis", persist=False).start()
+    server = AuthRedis(tmp_path / "own-redis").start()
     try:
-        yield proc
+        yield server
     finally:
-        proc.stop()
+        server.stop()
 
 
 @pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A nats-server for this test alone, for broker restart tests."""
-    proc = nats_server(free_port(), tmp_path / "own-nats").start()
+def own_nats(tmp_path: Path) -> Iterator[AuthNats]:
+    """A nats-server for this test alone, for broker restart tests: make_settings(bus=own_nats)."""
+    bus = AuthNats(tmp_path / "own-nats").start()
     try:
-        yield proc
+        yield bus
     finally:
-        proc.stop()
+        bus.stop()
 
 
 TEST_FLEET = {"coder": 1, "architect": 1, "executor": 1, "critic": 1, "deployer": 1}
@@ -153,11 +166,22 @@ def api_tokens(tmp_path: Path) -> ApiTokens:
 
 @pytest.fixture
 def make_settings(
-    nats_url: str, redis_url: str, tmp_path: Path, api_tokens: ApiTokens
+    nats_url: str,
+    redis_url: str,
+    nats_bus: AuthNats | None,
+    tmp_path: Path,
+    api_tokens: ApiTokens,
 ) -> Callable[..., Settings]:
-    """Settings for a fresh namespace, quick timings, the test's token file; overrides win."""
+    """Settings for a fresh namespace, quick timings, the test's token file; keyword
+    overrides win.
+
+    ``bus=`` names another :class:`AuthNats` to register the namespace on; an explicit
+    ``nats_url`` is taken as it is.
+    """
+    registered: set[int] = set()
 
     def make(**overrides: Any) -> Settings:
+        bus: AuthNats | None = overrides.pop("bus", nats_bus)
         base: dict[str, Any] = {
             "nats_url": nats_url,
             "redis_url": redis_url,
@@ -178,6 +202,13 @@ def make_settings(
             "api_tokens": str(api_tokens.path),
         }
         base.update(overrides)
+        if bus is not None and "nats_url" not in overrides:
+            namespace, types = base["namespace"], list(base["fleet"])
+            # a new test drops the users of earlier ones; this test's namespaces stay
+            passwords = bus.register(namespace, types, keep=id(bus) in registered)
+            registered.add(id(bus))
+            base["nats_url"] = bus.url_for(namespace, ADMIN)
+            base["nats_role_passwords"] = {r: passwords[r] for r in service_roles(types)}
         return Settings(**base)
 
     return make
@@ -257,7 +288,13 @@ async def serve_app(
 @pytest.fixture
 def make_gateway(serve_app: Any) -> Callable[[Settings], Awaitable[Gateway]]:
     async def start(settings: Settings) -> Gateway:
-        gw: Gateway = await serve_app(create_app(settings), Gateway)
+        # as under a healer: streams and consumers exist before the gateway starts
+        conn = await connect_nats(settings, "provision")
+        try:
+            await provision(conn.jetstream(), settings)
+        finally:
+            await conn.close()
+        gw: Gateway = await serve_app(create_app(role_settings(settings, GATEWAY)), Gateway)
         return gw
 
     return start

@@ -9,15 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from foundry.natsauth import worker_role
 from foundry.pidfiles import kill_recorded
+from foundry.roles import role_env
 from foundry.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+def child_env(settings: Settings, role: str | None = None, **extra: str) -> dict[str, str]:
+    """The child's environment; with ``role``, that role's NATS credentials (as a healer does)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOUNDRY_")}
     env.update(settings.to_env())
+    if role is not None:
+        env.update(role_env(settings, role))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
@@ -32,13 +37,13 @@ class ProcessGroup:
         self.run_dirs: list[Path] = []
 
     def start(
-        self, args: list[str], settings: Settings, name: str, **env: str
+        self, args: list[str], settings: Settings, name: str, role: str | None = None, **env: str
     ) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, *args],
-            env=child_env(settings, **env),
+            env=child_env(settings, role, **env),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -52,7 +57,11 @@ class ProcessGroup:
         self, settings: Settings, agent_type: str, *extra: str, **env: str
     ) -> subprocess.Popen[bytes]:
         return self.start(
-            ["-m", "workers", "--type", agent_type, *extra], settings, f"worker-{agent_type}", **env
+            ["-m", "workers", "--type", agent_type, *extra],
+            settings,
+            f"worker-{agent_type}",
+            worker_role(agent_type),
+            **env,
         )
 
     def logs(self) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from foundry.connect import connect_nats
-from foundry.servers import ServerProcess
 from foundry.settings import Settings
+from tests.bus import AuthNats, AuthRedis
 from tests.conftest import eventually
 from tests.procs import ProcessGroup
 from tests.test_flow import submit, wait_task
@@ -54,12 +54,12 @@ async def test_redis_outage_mid_task_is_not_acked_and_completes_later(
     make_settings: Any,
     make_gateway: Any,
     procs: ProcessGroup,
-    own_redis: ServerProcess,
+    own_redis: AuthRedis,
     tmp_path: Path,
 ) -> None:
     # Given a worker on its own redis-server, holding a task
     settings = make_settings(
-        redis_url=f"redis://127.0.0.1:{own_redis.port}/0",
+        redis_url=own_redis.url,
         ack_wait=2.0,
         handlers={"coder": "tests.handlers:block"},
         cache_wait=120.0,
@@ -137,10 +137,10 @@ async def test_sigterm_drains_in_flight_work_and_exits_zero(
 
 
 async def test_nats_down_gives_503_naming_nats(
-    make_settings: Any, make_gateway: Any, own_nats: ServerProcess, redis: Any
+    make_settings: Any, make_gateway: Any, own_nats: AuthNats, redis: Any
 ) -> None:
     # Given a gateway on its own nats-server
-    settings = make_settings(nats_url=f"nats://127.0.0.1:{own_nats.port}")
+    settings = make_settings(bus=own_nats)
     gw = await make_gateway(settings)
     # When the broker stops
     own_nats.stop()

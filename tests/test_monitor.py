@@ -20,9 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from foundry import codec
 from foundry.connect import connect_nats
 from foundry.contracts import HealAction, HealEvent, HostSample, SlotKind
-from foundry.servers import ServerProcess, free_port
+from foundry.natsauth import MONITOR
+from foundry.roles import role_settings
+from foundry.servers import free_port
 from foundry.settings import Settings
 from monitor import create_app
+from tests.bus import AuthRedis
 from tests.conftest import Gateway, RunningApp, eventually
 from tests.procs import ROOT, ProcessGroup, child_env
 from tests.test_flow import submit
@@ -67,7 +70,8 @@ def settings(make_settings: Callable[..., Settings], tmp_path: Path) -> Settings
 @pytest.fixture
 def make_monitor(serve_app: Any) -> Callable[[Settings], Any]:
     async def start(settings: Settings) -> RunningMonitor:
-        running: RunningMonitor = await serve_app(create_app(settings), RunningMonitor)
+        app = create_app(role_settings(settings, MONITOR))
+        running: RunningMonitor = await serve_app(app, RunningMonitor)
         return running
 
     return start
@@ -249,12 +253,12 @@ async def test_queue_depth_and_stream_state_from_jetstream(
 
 
 async def test_redis_outage_is_reported_not_fatal(
-    make_settings: Callable[..., Settings], own_redis: ServerProcess, make_monitor: Any,
+    make_settings: Callable[..., Settings], own_redis: AuthRedis, make_monitor: Any,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     # Given a monitor on its own redis-server
     settings = make_settings(host_interval=0.3, watch_paths=(tmp_path,),
-                             redis_url=f"redis://127.0.0.1:{own_redis.port}/0")  # fmt: skip
+                             redis_url=own_redis.url)  # fmt: skip
     mon = await make_monitor(settings)
     nc = await connect_nats(settings, "test")
     try:
@@ -298,7 +302,7 @@ async def test_gateway_metrics_label_routes_by_pattern(
 
 def run_monitor(settings: Settings, *args: str, **env: str) -> int:
     return subprocess.run(
-        [sys.executable, "-m", "monitor", *args], env=child_env(settings, **env), cwd=ROOT,
+        [sys.executable, "-m", "monitor", *args], env=child_env(settings, MONITOR, **env), cwd=ROOT,
         capture_output=True, timeout=30,
     ).returncode  # fmt: skip
 

@@ -14,9 +14,10 @@ from typing import Any
 from aiohttp import ClientSession
 
 from foundry.connect import connect_nats
-from foundry.servers import free_port, nats_server
+from foundry.servers import free_port
 from foundry.settings import Settings
 from tests import dashboards
+from tests.bus import AuthNats
 from tests.cluster import slots, start_healer, wait_running, watch
 from tests.conftest import ApiTokens, eventually
 from tests.procs import ProcessGroup
@@ -60,10 +61,10 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
     # Given nats-server with its monitoring port, and a healer running gateway, monitor and
     # a fleet where critic tasks fail and deployer tasks exhaust their deliveries, with a
     # disk threshold every disk exceeds (in dry run: a remediation event, nothing deleted)
-    nats_port, nats_http = free_port(), free_port()
-    nats = nats_server(nats_port, tmp_path / "nats", http_port=nats_http).start()
+    nats_http = free_port()
+    nats = AuthNats(tmp_path / "nats", http_port=nats_http).start()
     settings = make_settings(
-        nats_url=f"nats://127.0.0.1:{nats_port}",
+        bus=nats,
         nats_monitor_url=f"http://127.0.0.1:{nats_http}",
         fleet={"coder": 2, "critic": 1, "deployer": 1},
         handlers={"coder": "echo", "critic": "tests.handlers:fail",

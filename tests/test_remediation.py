@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from foundry.contracts import HostSample
+from foundry.embedded import prepare as prepare_embedded
 from foundry.errors import ConfigError
 from foundry.servers import free_port, port_open
 from foundry.settings import Settings
@@ -210,6 +211,8 @@ async def test_killed_embedded_redis_is_restarted_and_tasks_keep_completing(
 ) -> None:
     port = free_port()
     settings = remediation_settings(make_settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    # (the embedded redis-server's generated password, as the healer will use it)
+    settings = prepare_embedded(settings, ["redis"])
     start_healer(procs, settings, "--embedded", "redis")
     await eventually(lambda: port_open("127.0.0.1", port), 30)
     gw = await make_gateway(settings)
@@ -296,6 +299,7 @@ async def test_hung_embedded_redis_is_restarted_after_failed_probes(
     settings = remediation_settings(
         make_settings, redis_url=f"redis://127.0.0.1:{port}/0", probe_failures=2
     )
+    settings = prepare_embedded(settings, ["redis"])
     start_healer(procs, settings, "--embedded", "redis")
     await eventually(lambda: port_open("127.0.0.1", port), 30)
     await wait_running(nc, settings)

@@ -177,12 +177,6 @@ def test_describe_and_repr_keep_passwords_and_keys_out() -> None:
     assert "nats://u:***@127.0.0.1:4222" in s.describe()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="foundry/settings.py:77 redact_url returns a URL without a password unchanged; "
-    "NATS token auth (nats://<token>@host) puts the token in the user part, so describe(), "
-    "logged at startup by healer/service.py and gateway/app.py, prints it",
-)
 def test_describe_keeps_a_nats_token_out() -> None:
     s = Settings(nats_url="nats://s3cr3t-token@127.0.0.1:4222")
     assert "s3cr3t-token" not in s.describe()

@@ -1,0 +1,244 @@
+"""Embedded servers with credentials: secrets, server config files, client.env, cluster.env.
+
+:func:`prepare` runs before the embedded servers start (``foundry up`` and
+``python -m healer --embedded …`` both call it; it is idempotent). On the
+first run it generates one NATS user per role and a Redis ACL user, with
+random passwords kept 0600 under ``<data dir>/secrets/`` (0700); every run
+rewrites the server config files from them (so no secret is ever on a
+command line) and returns settings whose URLs carry the healer's credentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from foundry.apitokens import create_token, load_tokens
+from foundry.natsauth import (
+    CLIENT,
+    HEALER,
+    all_roles,
+    inbox_prefix,
+    server_config,
+    service_roles,
+    user_name,
+    users,
+)
+from foundry.provision import max_payload
+from foundry.roles import with_userinfo
+from foundry.secrets import (
+    SecretStore,
+    env_text,
+    private_dir,
+    read_env_file,
+    update_env_file,
+    write_private,
+)
+from foundry.settings import Settings, split_urls
+
+REDIS_USER = "foundry"
+NATS_CONF, REDIS_CONF = "nats.conf", "redis.conf"
+CLIENT_ENV, CLUSTER_ENV = "client.env", "cluster.env"
+
+
+def secrets_dir(settings: Settings) -> Path:
+    return settings.data_dir / "secrets"
+
+
+def client_env_path(settings: Settings) -> Path:
+    return secrets_dir(settings) / CLIENT_ENV
+
+
+def cluster_env_path(settings: Settings) -> Path:
+    return secrets_dir(settings) / CLUSTER_ENV
+
+
+def nats_config_path(settings: Settings) -> Path:
+    return secrets_dir(settings) / NATS_CONF
+
+
+def redis_config_path(settings: Settings) -> Path:
+    return secrets_dir(settings) / REDIS_CONF
+
+
+def url_port(urls: str, default: int) -> int:
+    """The port of the first of the comma-separated ``urls``."""
+    return urlsplit(split_urls(urls)[0]).port or default
+
+
+def nats_store_dir(settings: Settings) -> Path:
+    return settings.data_dir / "nats" / "jetstream"
+
+
+def redis_data_dir(settings: Settings) -> Path:
+    return settings.data_dir / "redis"
+
+
+def redis_config(
+    port: int, data_dir: Path, password: str, key_prefix: str = "foundry", persist: bool = True
+) -> str:
+    """redis-server's config: loopback, one ACL user for the cluster, the default user off.
+
+    The user may touch only keys under ``key_prefix`` and no admin or dangerous
+    command (CONFIG, FLUSHALL, KEYS, DEBUG, SHUTDOWN …).
+    """
+    lines = [
+        "bind 127.0.0.1",
+        f"port {port}",
+        f'dir "{data_dir}"',
+        "daemonize no",
+        "protected-mode yes",
+        'save ""',
+        f"appendonly {'yes' if persist else 'no'}",
+        "user default off",
+        f"user {REDIS_USER} on >{password} ~{key_prefix}:* resetchannels +@all -@admin -@dangerous",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_nats_config(settings: Settings, passwords: Mapping[str, str]) -> Path:
+    store = nats_store_dir(settings)
+    store.mkdir(parents=True, exist_ok=True)
+    text = server_config(
+        users(settings.names, passwords, settings.agent_types),
+        port=url_port(settings.nats_url, 4222),
+        store_dir=store,
+        http_port=settings.nats_monitor_port,
+        max_payload=max_payload(settings),
+    )
+    return write_private(nats_config_path(settings), text)
+
+
+def write_redis_config(settings: Settings, password: str) -> Path:
+    data = redis_data_dir(settings)
+    data.mkdir(parents=True, exist_ok=True)
+    text = redis_config(
+        url_port(settings.redis_url, 6379), data, password, settings.names.key_prefix
+    )
+    return write_private(redis_config_path(settings), text)
+
+
+def prepare(settings: Settings, embedded: Sequence[str]) -> Settings:
+    """Secrets and config files for the ``embedded`` servers; the healer's settings back."""
+    if not any(server in embedded for server in ("nats", "redis")):
+        return settings
+    private_dir(secrets_dir(settings))
+    store = SecretStore(secrets_dir(settings))
+    changes: dict[str, object] = {}
+    client_url = settings.nats_url
+    if "nats" in embedded:
+        roles = all_roles(settings.agent_types)
+        passwords = store.passwords("nats", roles)
+        write_nats_config(settings, passwords)
+        names = settings.names
+        changes["nats_url"] = with_userinfo(
+            settings.nats_url, user_name(names, HEALER), passwords[HEALER]
+        )
+        changes["nats_role_passwords"] = {
+            r: passwords[r] for r in service_roles(settings.agent_types)
+        }
+        changes["nats_inbox_prefix"] = inbox_prefix(names, HEALER)
+        if not settings.nats_monitor_url and settings.nats_monitor_port:
+            changes["nats_monitor_url"] = f"http://127.0.0.1:{settings.nats_monitor_port}"
+        client_url = with_userinfo(settings.nats_url, user_name(names, CLIENT), passwords[CLIENT])
+    if "redis" in embedded:
+        password = store.passwords("redis", [REDIS_USER])[REDIS_USER]
+        write_redis_config(settings, password)
+        changes["redis_url"] = with_userinfo(settings.redis_url, REDIS_USER, password)
+    prepared = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+    client = client_env_path(settings)
+    kept = read_env_file(client) if client.exists() else {}  # e.g. the API token
+    write_private(client, env_text({**kept, **client_env(prepared, client_url)}, CLIENT_ENV_HEADER))
+    write_private(cluster_env_path(settings), env_text(cluster_env(prepared), CLUSTER_ENV_HEADER))
+    return prepared
+
+
+ADMIN_TOKEN_NAME = "foundry-up-admin"
+
+
+def api_tokens_path(settings: Settings) -> Path:
+    return secrets_dir(settings) / "api-tokens.jsonl"
+
+
+def prepare_api_token(settings: Settings) -> Settings:
+    """The gateway's token file, with an admin token whose plaintext is in ``client.env``.
+
+    Made on the first ``foundry up``; kept while ``client.env`` holds a token the file
+    knows. An operator's own ``FOUNDRY_API_TOKENS`` is used as it is.
+    """
+    if settings.api_tokens:
+        return settings
+    path = api_tokens_path(settings)
+    client = client_env_path(settings)
+    known = read_env_file(client).get("FOUNDRY_API_TOKEN", "") if client.exists() else ""
+    if not (known and path.exists() and load_tokens(path).authenticate(known) is not None):
+        private_dir(secrets_dir(settings))
+        existing = load_tokens(path).by_digest.values() if path.exists() else ()
+        name = ADMIN_TOKEN_NAME
+        taken = {t.name for t in existing}
+        for n in range(2, 1000):
+            if name not in taken:
+                break
+            name = f"{ADMIN_TOKEN_NAME}-{n}"
+        known = create_token(path, name, ["admin"])
+    update_env_file(
+        client, {"FOUNDRY_API_TOKEN": known, "FOUNDRY_GATEWAY_URL": gateway_url(settings)}
+    )
+    return dataclasses.replace(settings, api_tokens=str(path))
+
+
+CLIENT_ENV_HEADER = """\
+What a person needs to use this cluster: . <this file>   (POSIX shell)
+NATS_URL is read by the nats CLI; FOUNDRY_* by the foundry CLI (which also reads
+this file by itself). Keep it private: it holds the client user's password."""
+
+CLUSTER_ENV_HEADER = """\
+What another host needs to join this cluster (python -m healer with its fleet):
+copy it there privately, set FOUNDRY_NATS_URL / FOUNDRY_REDIS_URL to addresses that
+host can reach (the embedded servers listen on loopback), then source it."""
+
+
+def gateway_url(settings: Settings) -> str:
+    host = settings.gateway_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{settings.gateway_port}"
+
+
+def client_env(settings: Settings, nats_url: str) -> dict[str, str]:
+    """The keys of ``client.env``. Add a key here (or, from elsewhere, with
+    :func:`foundry.secrets.update_env_file` on :func:`client_env_path`)."""
+    entries = {"NATS_URL": nats_url, "FOUNDRY_GATEWAY_URL": gateway_url(settings)}
+    if settings.namespace:
+        entries["FOUNDRY_NAMESPACE"] = settings.namespace
+    # the nats CLI's own variables for TLS and credentials files
+    for key, value in (
+        ("NATS_CA", settings.nats_tls_ca),
+        ("NATS_CERT", settings.nats_tls_cert),
+        ("NATS_KEY", settings.nats_tls_key),
+        ("NATS_CREDS", settings.nats_creds),
+    ):
+        if value:
+            entries[key] = value
+    return entries
+
+
+def cluster_env(settings: Settings) -> dict[str, str]:
+    """The keys of ``cluster.env``: service credentials and TLS paths as FOUNDRY_* variables."""
+    env = settings.to_env()
+    keys = [
+        "FOUNDRY_NATS_URL",
+        "FOUNDRY_NATS_ROLE_PASSWORDS",
+        "FOUNDRY_NATS_INBOX_PREFIX",
+        "FOUNDRY_NATS_CREDS",
+        "FOUNDRY_NATS_TLS_CA",
+        "FOUNDRY_NATS_TLS_CERT",
+        "FOUNDRY_NATS_TLS_KEY",
+        "FOUNDRY_REDIS_URL",
+        "FOUNDRY_REDIS_TLS_CA",
+        "FOUNDRY_REDIS_TLS_CERT",
+        "FOUNDRY_REDIS_TLS_KEY",
+        "FOUNDRY_NAMESPACE",
+    ]
+    return {key: env[key] for key in keys if env.get(key)}

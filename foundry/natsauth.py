@@ -1,0 +1,256 @@
+"""NATS users and subject allow-lists, one per role, and the nats-server config that holds them.
+
+Roles: ``healer``, ``gateway``, ``monitor``, ``client`` (people and the ``nats``
+CLI), ``admin``, and one ``worker-<type>`` per agent type, so a worker can
+publish, fetch and ack only for its own type. Every list is generated for one
+namespace (subjects ``<ns>.agents.…``, streams ``<NS>_AGENT_…``); user names
+carry the namespace too, so several namespaces' users can share one server.
+JetStream API subjects are listed one by one: only ``admin`` gets ``$JS.API.>``,
+and nobody may publish ``$JS.EVENT.>`` (only the server does).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from foundry.contracts import TaskStatus
+from foundry.names import Names
+
+HEALER, GATEWAY, MONITOR, CLIENT, ADMIN = "healer", "gateway", "monitor", "client", "admin"
+WORKER_PREFIX = "worker-"
+# Services the healer launches (plus the healer itself); people use client or admin.
+SERVICE_ROLES = (HEALER, GATEWAY, MONITOR)
+PERSON_ROLES = (CLIENT, ADMIN)
+CLIENT_INBOX = "_INBOX"  # the nats CLI's default reply prefix
+# DEAD: re-announced on a duplicate delivery of a dead-lettered task
+WORKER_STATUSES = (
+    TaskStatus.RUNNING,
+    TaskStatus.COMPLETED,
+    TaskStatus.FAILED,
+    TaskStatus.DEAD,
+    TaskStatus.CANCELLED,
+)
+API = "$JS.API"
+
+
+def worker_role(agent_type: str) -> str:
+    return f"{WORKER_PREFIX}{agent_type}"
+
+
+def service_roles(agent_types: Iterable[str]) -> list[str]:
+    """The roles of the processes a healer runs: itself, gateway, monitor, one per type."""
+    return [*SERVICE_ROLES, *(worker_role(t) for t in agent_types)]
+
+
+def all_roles(agent_types: Iterable[str]) -> list[str]:
+    return [*service_roles(agent_types), *PERSON_ROLES]
+
+
+def user_name(names: Names, role: str) -> str:
+    """The NATS user of ``role`` in this namespace (``healer``, ``ns1-healer``)."""
+    return f"{names.namespace}-{role}" if names.namespace else role
+
+
+def inbox_prefix(names: Names, role: str) -> str:
+    """Reply subjects of ``role``: its own prefix, so no other role can read its replies."""
+    if role == CLIENT:
+        return CLIENT_INBOX
+    return f"_INBOX_{user_name(names, role)}"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """One user's allow-lists (and the few explicit denials)."""
+
+    publish: list[str]
+    subscribe: list[str]
+    publish_deny: list[str] = field(default_factory=list)
+    allow_responses: bool = False
+
+    def as_config(self) -> dict[str, object]:
+        publish: dict[str, object] = {"allow": self.publish}
+        if self.publish_deny:
+            publish["deny"] = self.publish_deny
+        out: dict[str, object] = {"publish": publish, "subscribe": {"allow": self.subscribe}}
+        if self.allow_responses:
+            out["allow_responses"] = True
+        return out
+
+
+def _stream_api(names: Names, *verbs: str, streams: Iterable[str] | None = None) -> list[str]:
+    chosen = list(streams) if streams is not None else _streams(names)
+    return [f"{API}.STREAM.{verb}.{stream}" for verb in verbs for stream in chosen]
+
+
+def _streams(names: Names) -> list[str]:
+    return [names.tasks_stream, names.events_stream, names.dead_stream]
+
+
+def _consumer_create(stream: str, consumer: str) -> list[str]:
+    # nats-py names the consumer (and its filter) in the subject; older clients use DURABLE.
+    return [
+        f"{API}.CONSUMER.CREATE.{stream}.{consumer}",
+        f"{API}.CONSUMER.CREATE.{stream}.{consumer}.>",
+        f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+    ]
+
+
+def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Permissions:
+    """The allow-lists of ``role`` in this namespace (the healer provisions ``agent_types``)."""
+    inbox = f"{inbox_prefix(names, role)}.>"
+    tasks = names.tasks_stream
+    if role.startswith(WORKER_PREFIX):
+        agent_type = role[len(WORKER_PREFIX) :]
+        consumer = names.consumer(agent_type)
+        return Permissions(
+            publish=[
+                names.heartbeat(agent_type, "*"),
+                *(names.task_event(status, agent_type) for status in WORKER_STATUSES),
+                f"{API}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
+                f"{API}.CONSUMER.INFO.{tasks}.{consumer}",
+                f"$JS.ACK.{tasks}.{consumer}.>",
+                *_stream_api(names, "INFO"),
+            ],
+            subscribe=[inbox, names.worker_control(agent_type), names.cancel_notice()],
+        )
+    if role == HEALER:
+        return Permissions(
+            publish=[
+                names.heal_event(">"),
+                names.task_event(TaskStatus.DEAD, "*"),
+                names.task_event(TaskStatus.CANCELLED, "*"),  # cancelled before it started
+                names.worker_control("*"),
+                names.cancel_notice(),
+                names.dead("*"),
+                f"$JS.ACK.{tasks}.>",  # nak / term the tasks of a dead worker
+                *_stream_api(names, "INFO", "CREATE", "UPDATE"),
+                f"{API}.STREAM.MSG.GET.{tasks}",
+                f"{API}.STREAM.MSG.DELETE.{tasks}",
+                *(s for t in agent_types for s in _consumer_create(tasks, names.consumer(t))),
+                f"{API}.CONSUMER.INFO.{tasks}.*",
+            ],
+            subscribe=[
+                inbox,
+                _all(names, "heartbeat"),
+                names.control("*"),  # ping, status, heal, release, cancel: via allow_responses
+                _all(names, "host"),
+                names.max_deliveries_advisory(),
+            ],
+            allow_responses=True,
+        )
+    if role == GATEWAY:
+        events = names.events_stream
+        return Permissions(
+            publish=[
+                names.tasks("*"),
+                names.task_event(TaskStatus.QUEUED, "*"),
+                names.heal_event("audit"),  # operator actions, naming the API token
+                *(names.control(v) for v in ("ping", "status", "heal", "release", "cancel")),
+                *_stream_api(names, "INFO"),
+                f"{API}.CONSUMER.INFO.{tasks}.*",
+                # heal history: a short-lived ordered read of the heal events
+                f"{API}.CONSUMER.CREATE.{events}",
+                f"{API}.CONSUMER.CREATE.{events}.*",
+                f"{API}.CONSUMER.CREATE.{events}.*.>",
+                f"{API}.CONSUMER.MSG.NEXT.{events}.*",
+                f"{API}.CONSUMER.INFO.{events}.*",
+                f"{API}.CONSUMER.DELETE.{events}.*",
+            ],
+            subscribe=[inbox, _all(names, "heartbeat"), _all(names, "events")],
+        )
+    if role == MONITOR:
+        return Permissions(
+            publish=[
+                _all(names, "host"),
+                *_stream_api(names, "INFO"),
+                f"{API}.CONSUMER.INFO.{tasks}.*",
+            ],
+            subscribe=[inbox, _all(names, "heartbeat"), _all(names, "events")],
+        )
+    if role == CLIENT:
+        return Permissions(
+            publish=[
+                names.tasks("*"),
+                names.control("ping"),
+                names.control("status"),
+                f"{API}.STREAM.INFO.{tasks}",
+                f"{API}.INFO",
+            ],
+            subscribe=[
+                inbox,
+                _all(names, "events"),
+                _all(names, "heartbeat"),
+                _all(names, "host"),
+            ],
+        )
+    if role == ADMIN:
+        return Permissions(publish=[">"], subscribe=[">"], publish_deny=["$JS.EVENT.>"])
+    raise ValueError(f"unknown NATS role {role!r}")
+
+
+def _all(names: Names, kind: str) -> str:
+    return f"{names.root}.{kind}.>"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str
+    permissions: Permissions
+
+
+def users(
+    names: Names, passwords: Mapping[str, str], agent_types: Iterable[str] = ()
+) -> list[User]:
+    """One user per role in ``passwords`` (role → password)."""
+    types = list(agent_types)
+    return [
+        User(user_name(names, role), secret, permissions(names, role, types))
+        for role, secret in passwords.items()
+    ]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: str
+    key: str
+    ca: str = ""  # when set, clients must present a certificate it signed
+
+
+def server_config(
+    all_users: Iterable[User],
+    *,
+    port: int,
+    store_dir: Path,
+    http_port: int = 0,
+    max_payload: int = 0,
+    tls: TlsFiles | None = None,
+) -> str:
+    """nats-server's config: loopback listener, JetStream store, users; nobody anonymous.
+
+    Written as JSON, which nats-server's config syntax accepts, so every value is
+    quoted exactly once and no password can be read as a variable or an include.
+    """
+    config: dict[str, object] = {
+        "listen": f"127.0.0.1:{port}",
+        "jetstream": {"store_dir": str(store_dir)},
+        "authorization": {
+            "users": [
+                {"user": u.name, "password": u.password, "permissions": u.permissions.as_config()}
+                for u in all_users
+            ]
+        },
+    }
+    if http_port:
+        config["http"] = f"127.0.0.1:{http_port}"
+    if max_payload:
+        config["max_payload"] = max_payload
+    if tls is not None:
+        block: dict[str, object] = {"cert_file": tls.cert, "key_file": tls.key}
+        if tls.ca:
+            block.update({"ca_file": tls.ca, "verify": True})
+        config["tls"] = block
+    return json.dumps(config, indent=2) + "\n"
