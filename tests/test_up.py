@@ -102,6 +102,7 @@ async def test_foundry_up_end_to_end(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as refused:
             await asyncio.to_thread(_get, None, f"{base}/api/cluster/agents/live")
         assert refused.value.code == 401
+        refused.value.close()
         token = client["FOUNDRY_API_TOKEN"]
         for _ in range(100):
             live = await asyncio.to_thread(_get, token, f"{base}/api/cluster/agents/live")
