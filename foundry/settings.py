@@ -314,6 +314,8 @@ class Settings:
     backoff_max: float = _opt("FOUNDRY_BACKOFF_MAX", _positive(float), 30.0)
     stable_after: float = _opt("FOUNDRY_STABLE_AFTER", _positive(float), 30.0)
     poison_kills: int = _opt("FOUNDRY_POISON_KILLS", _positive(int), 3)
+    # tasks of a type with no consumer (no fleet serves it) are dead-lettered after this
+    unserved_grace: float = _opt("FOUNDRY_UNSERVED_GRACE", _positive(float), 60.0)
     connect_timeout: float = _opt("FOUNDRY_CONNECT_TIMEOUT", _positive(float), 30.0)
     handlers: dict[str, str] = _opt("FOUNDRY_HANDLERS", lambda t: parse_bindings(t), None)
     cache_wait: float = _opt("FOUNDRY_CACHE_WAIT", _positive(float), 60.0)

@@ -33,6 +33,7 @@ from healer.operations import Operations
 from healer.remediation import HostView, Remediator, default_policies
 from healer.slots import RestartPolicy
 from healer.supervisor import Supervisor
+from healer.unserved import UnservedTypes
 from healer.watch import KILL_GRACE, Watch
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,15 @@ class HealerService:
             if slot.kind is not SlotKind.SERVER:
                 await sup.launch(slot)
         log.info("healer supervising %d slot(s); %s", len(sup.slots), self.settings.describe())
-        watcher = spawn(self.watch.run(), self._tasks)
-        remediation = spawn(self._remediate(), self._tasks)
+        unserved = UnservedTypes(
+            self.nc.jetstream(), self.names, deadletters, self.settings.unserved_grace
+        )
+        for loop in (self.watch.run(), self._remediate(), unserved.run()):
+            spawn(loop, self._tasks)
         await stop.wait()
         log.info("stopping: draining the fleet")
-        watcher.cancel()
-        remediation.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         await sup.shutdown(self.settings.drain_timeout + 2.0)
         await runner.cleanup()
         await self.liveness.stop()

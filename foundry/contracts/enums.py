@@ -99,6 +99,7 @@ class DeadLetterAction(StrEnum):
 
     POISON = "poison"  # in flight at too many worker deaths
     MAX_DELIVER = "max_deliver"  # delivered max_deliver times without an ack
+    UNSERVED = "unserved"  # no fleet serves its type
 
 
 class ControlVerb(StrEnum):
