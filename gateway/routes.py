@@ -41,7 +41,7 @@ async def openapi_view(request: web.Request) -> web.Response:
 
 
 SUBMIT_HELP = (
-    "The task as a JSON body. The seed's form, agent_type / description / task_id as "
+    "The task as a JSON body. The query-parameter form, agent_type / description / task_id as "
     "query parameters and no body, is still taken from callers that send a bearer token "
     "(a cross-site form cannot); it is not described here. A task id starting with 'seq-' "
     "is refused: those are the ids of tasks published without one. The token needs scope "

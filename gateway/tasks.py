@@ -73,7 +73,7 @@ async def _read_body(request: web.Request) -> dict[str, Any] | None:
 
 
 def _fields(request: web.Request, body: dict[str, Any] | None) -> dict[str, Any]:
-    """The task's fields: the JSON body, or (the seed's form) query parameters and no body."""
+    """The task's fields: the JSON body, or (the older form) query parameters and no body."""
     query = {k: request.query[k] for k in QUERY_FIELDS if k in request.query}
     if body is not None:
         if query:
