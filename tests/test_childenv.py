@@ -9,24 +9,18 @@ import yaml
 from nats.aio.client import Client as NATS
 
 from foundry.childenv import env_for, inherited, looks_secret
-from foundry.settings import Settings
+from foundry.settings import LlmSettings, Settings, WebhookSettings
 from tests.cluster import start_healer, wait_running
 from tests.conftest import eventually
 from tests.procs import ROOT, ProcessGroup
 
 LLM_KEY, HOOK_SECRET, PARENT_KEY = "sk-child-llm-77", "whsec-child-88", "sk-parent-openai-99"
+LLM = LlmSettings(url="http://127.0.0.1:9/v1", model="m", api_key=LLM_KEY)
+HOOK = WebhookSettings(url="http://127.0.0.1:9/deploy", secret=HOOK_SECRET)
 
 
 def with_secrets(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "llm_url": "http://127.0.0.1:9/v1",
-        "llm_model": "m",
-        "llm_api_key": LLM_KEY,
-        "deploy_webhook_url": "http://127.0.0.1:9/deploy",
-        "webhook_secret": HOOK_SECRET,
-    }
-    base.update(overrides)
-    return Settings(**base)
+    return Settings(llm=LLM, webhook=HOOK, **overrides)
 
 
 def test_each_role_gets_only_its_handlers_secrets() -> None:
@@ -80,11 +74,8 @@ async def test_healer_children_hold_only_their_secrets(
         fleet={"executor": 1, "coder": 1, "reviewer": 1},
         handlers={"executor": "exec", "coder": "llm", "reviewer": "tests.handlers:record"},
         handler_secrets=("reviewer=OPENAI_API_KEY",),
-        llm_url="http://127.0.0.1:9/v1",
-        llm_model="m",
-        llm_api_key=LLM_KEY,
-        deploy_webhook_url="http://127.0.0.1:9/deploy",
-        webhook_secret=HOOK_SECRET,
+        llm=LLM,
+        webhook=HOOK,
     )
     start_healer(procs, settings, "--services", "gateway", OPENAI_API_KEY=PARENT_KEY)
     current = await wait_running(nc, settings)
