@@ -51,12 +51,19 @@ __all__ = [
     "LlmSettings",
     "Settings",
     "WebhookSettings",
+    "local_gateway_url",
     "parse_bindings",
     "parse_fleet",
     "parse_role_secrets",
     "redact_url",
     "split_urls",
 ]
+
+
+def local_gateway_url(host: str, port: int) -> str:
+    """The gateway's URL as seen from this host (a wildcard bind is reached on loopback)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,10 @@ class Settings:
     gateway_allowed_hosts: tuple[str, ...] = opt("FOUNDRY_GATEWAY_ALLOWED_HOSTS", lower_words, ())
     gateway_allowed_origins: tuple[str, ...] = opt("FOUNDRY_GATEWAY_ALLOWED_ORIGINS", origins, ())
     gateway_max_wait: float = opt("FOUNDRY_GATEWAY_MAX_WAIT", max_wait, 300.0)
+    # Where the foundry CLI reaches the gateway (empty: gateway_base_url derives it from
+    # host and port) and the API token it sends; no process the healer starts gets the token.
+    gateway_url: str = opt("FOUNDRY_GATEWAY_URL", optional_url(("http", "https")), "", repr=False)
+    api_token: str = opt("FOUNDRY_API_TOKEN", str, "", repr=False)
     healer_port: int = opt("FOUNDRY_HEALER_PORT", port, 8081)
     monitor_port: int = opt("FOUNDRY_MONITOR_PORT", port, 8082)
     fleet: dict[str, int] = opt("FOUNDRY_FLEET", parse_fleet, None)
@@ -186,6 +197,13 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The variables that recreate these settings in a child process."""
         return write_fields(self)
+
+    @property
+    def gateway_base_url(self) -> str:
+        """Where clients reach the gateway: ``gateway_url``, else derived from host and port."""
+        return self.gateway_url.rstrip("/") or local_gateway_url(
+            self.gateway_host, self.gateway_port
+        )
 
     @property
     def names(self) -> Names:

@@ -16,6 +16,7 @@ from tests.procs import ROOT, ProcessGroup
 
 LLM_KEY, HOOK_SECRET, PARENT_KEY = "sk-child-llm-77", "whsec-child-88", "sk-parent-openai-99"
 LLM = LlmSettings(url="http://127.0.0.1:9/v1", model="m", api_key=LLM_KEY)
+CLI_TOKEN = "fnd-cli-token-66"
 HOOK = WebhookSettings(url="http://127.0.0.1:9/deploy", secret=HOOK_SECRET)
 
 
@@ -27,6 +28,7 @@ def test_each_role_gets_only_its_handlers_secrets() -> None:
     settings = with_secrets(
         handlers={"reviewer": "tests.handlers:record"},
         handler_secrets=("reviewer=FOUNDRY_LLM_API_KEY", "reviewer=OPENAI_API_KEY"),
+        api_token=CLI_TOKEN,
     )
     parent = {"OPENAI_API_KEY": PARENT_KEY, "PATH": "/usr/bin"}
     llm = env_for(settings, "worker", "coder", parent)
@@ -42,6 +44,9 @@ def test_each_role_gets_only_its_handlers_secrets() -> None:
     # a custom handler gets what the operator granted to its type, and nothing else
     assert custom["FOUNDRY_LLM_API_KEY"] == LLM_KEY and custom["OPENAI_API_KEY"] == PARENT_KEY
     assert "FOUNDRY_WEBHOOK_SECRET" not in custom
+    # the CLI's API token goes to no child
+    for env in (llm, hook, exe, custom, gateway):
+        assert "FOUNDRY_API_TOKEN" not in env and CLI_TOKEN not in env.values()
     # every child keeps the settings that are not secrets
     assert exe["FOUNDRY_LLM_MODEL"] == "m" and exe["FOUNDRY_NAMESPACE"] == settings.namespace
 

@@ -148,6 +148,8 @@ def test_to_env_recreates_the_settings() -> None:
         ("FOUNDRY_FLEET", "coder"),
         ("FOUNDRY_FLEET", ""),
         ("FOUNDRY_HANDLERS", "coder"),
+        ("FOUNDRY_GATEWAY_URL", "ftp://127.0.0.1:8080"),
+        ("FOUNDRY_GATEWAY_URL", "127.0.0.1:8080"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(var: str, value: str) -> None:
@@ -189,3 +191,19 @@ def test_describe_and_repr_keep_passwords_and_keys_out() -> None:
 def test_describe_keeps_a_nats_token_out() -> None:
     s = Settings(nats_url="nats://s3cr3t-token@127.0.0.1:4222")
     assert "s3cr3t-token" not in s.describe()
+
+
+def test_gateway_base_url_is_derived_unless_given() -> None:
+    assert Settings().gateway_base_url == "http://127.0.0.1:8080"
+    wild = Settings.from_env({"FOUNDRY_GATEWAY_HOST": "0.0.0.0", "FOUNDRY_GATEWAY_PORT": "9001"})
+    assert wild.gateway_url == "" and wild.gateway_base_url == "http://127.0.0.1:9001"
+    given = Settings.from_env(
+        {"FOUNDRY_GATEWAY_URL": "https://api.example:8443/", "FOUNDRY_GATEWAY_PORT": "9001"}
+    )
+    assert given.gateway_base_url == "https://api.example:8443"
+    assert Settings.from_env(given.to_env()) == given
+
+
+def test_the_cli_token_stays_out_of_repr() -> None:
+    s = Settings.from_env({"FOUNDRY_API_TOKEN": " fnd-tok-5 ", "FOUNDRY_GATEWAY_URL": ""})
+    assert s.api_token == "fnd-tok-5" and "fnd-tok-5" not in repr(s)
