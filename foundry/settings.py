@@ -16,32 +16,34 @@ from typing import Any
 
 from foundry.handlersettings import ExecSettings, LlmSettings, WebhookSettings
 from foundry.names import Names
+
+# The parsers keep the short private names the field table below has always used.
 from foundry.settingsparse import (
     DEFAULT_FLEET,
-    default_on,
-    existing_file,
-    flag,
-    grants,
-    lower_words,
-    max_wait,
-    namespace_name,
-    opt,
-    optional_url,
-    origins,
     parse_bindings,
     parse_fleet,
     parse_role_secrets,
-    paths,
-    percent,
-    port,
-    positive,
     read_fields,
     section,
-    size,
-    subject_prefix,
-    url,
     write_fields,
 )
+from foundry.settingsparse import default_on as _default_on
+from foundry.settingsparse import existing_file as _file
+from foundry.settingsparse import flag as _bool
+from foundry.settingsparse import grants as _grants
+from foundry.settingsparse import lower_words as _lower_words
+from foundry.settingsparse import max_wait as _max_wait
+from foundry.settingsparse import namespace_name as _namespace
+from foundry.settingsparse import opt as _opt
+from foundry.settingsparse import optional_url as _optional_url
+from foundry.settingsparse import origins as _origins
+from foundry.settingsparse import paths as _paths
+from foundry.settingsparse import percent as _percent
+from foundry.settingsparse import port as _port
+from foundry.settingsparse import positive as _positive
+from foundry.settingsparse import size as _size
+from foundry.settingsparse import subject_prefix as _subject_prefix
+from foundry.settingsparse import url as _url
 from foundry.urls import redact_url, split_urls
 
 # Callers import these from here.
@@ -71,108 +73,110 @@ class Settings:
     """Every knob of the cluster. Field metadata names the environment variable."""
 
     # URLs may carry credentials: repr=False keeps them out of logs (use describe()).
-    nats_url: str = opt(
-        "FOUNDRY_NATS_URL", url(("nats", "tls"), many=True), "nats://127.0.0.1:4222", repr=False
+    nats_url: str = _opt(
+        "FOUNDRY_NATS_URL", _url(("nats", "tls"), many=True), "nats://127.0.0.1:4222", repr=False
     )
-    redis_url: str = opt(
+    redis_url: str = _opt(
         "FOUNDRY_REDIS_URL",
-        url(("redis", "rediss", "unix")),
+        _url(("redis", "rediss", "unix")),
         "redis://127.0.0.1:6379/0",
         repr=False,
     )
-    namespace: str = opt("FOUNDRY_NAMESPACE", namespace_name, "")
-    gateway_host: str = opt("FOUNDRY_GATEWAY_HOST", str, "127.0.0.1")
-    gateway_port: int = opt("FOUNDRY_GATEWAY_PORT", port, 8080)
+    namespace: str = _opt("FOUNDRY_NAMESPACE", _namespace, "")
+    gateway_host: str = _opt("FOUNDRY_GATEWAY_HOST", str, "127.0.0.1")
+    gateway_port: int = _opt("FOUNDRY_GATEWAY_PORT", _port, 8080)
     # API security (gateway): token file (foundry.apitokens), auth switch, Host/Origin lists.
-    api_tokens: str = opt("FOUNDRY_API_TOKENS", str, "")
-    api_auth: bool = opt("FOUNDRY_API_AUTH", default_on, True)
-    gateway_allowed_hosts: tuple[str, ...] = opt("FOUNDRY_GATEWAY_ALLOWED_HOSTS", lower_words, ())
-    gateway_allowed_origins: tuple[str, ...] = opt("FOUNDRY_GATEWAY_ALLOWED_ORIGINS", origins, ())
-    gateway_max_wait: float = opt("FOUNDRY_GATEWAY_MAX_WAIT", max_wait, 300.0)
+    api_tokens: str = _opt("FOUNDRY_API_TOKENS", str, "")
+    api_auth: bool = _opt("FOUNDRY_API_AUTH", _default_on, True)
+    gateway_allowed_hosts: tuple[str, ...] = _opt("FOUNDRY_GATEWAY_ALLOWED_HOSTS", _lower_words, ())
+    gateway_allowed_origins: tuple[str, ...] = _opt("FOUNDRY_GATEWAY_ALLOWED_ORIGINS", _origins, ())
+    gateway_max_wait: float = _opt("FOUNDRY_GATEWAY_MAX_WAIT", _max_wait, 300.0)
     # Where the foundry CLI reaches the gateway (empty: gateway_base_url derives it from
     # host and port) and the API token it sends; no process the healer starts gets the token.
-    gateway_url: str = opt("FOUNDRY_GATEWAY_URL", optional_url(("http", "https")), "", repr=False)
-    api_token: str = opt("FOUNDRY_API_TOKEN", str, "", repr=False)
-    healer_port: int = opt("FOUNDRY_HEALER_PORT", port, 8081)
-    monitor_port: int = opt("FOUNDRY_MONITOR_PORT", port, 8082)
-    fleet: dict[str, int] = opt("FOUNDRY_FLEET", parse_fleet, None)
-    data_dir: Path = opt("FOUNDRY_DATA_DIR", Path, Path(".foundry"))
-    result_ttl: int = opt("FOUNDRY_RESULT_TTL", positive(int), 86400)
-    ack_wait: float = opt("FOUNDRY_ACK_WAIT", positive(float, 0.5, strict=False), 10.0)
-    max_deliver: int = opt("FOUNDRY_MAX_DELIVER", positive(int, 1, strict=False), 5)
-    max_ack_pending: int = opt("FOUNDRY_MAX_ACK_PENDING", positive(int), 1000)
-    max_task_bytes: int = opt("FOUNDRY_MAX_TASK_BYTES", positive(int), 1024 * 1024)
-    max_queue_per_type: int = opt("FOUNDRY_MAX_QUEUE_PER_TYPE", positive(int), 1_000_000)
-    duplicate_window: float = opt(
-        "FOUNDRY_DUPLICATE_WINDOW", positive(float, 600.0, strict=False), 900.0
+    gateway_url: str = _opt("FOUNDRY_GATEWAY_URL", _optional_url(("http", "https")), "", repr=False)
+    api_token: str = _opt("FOUNDRY_API_TOKEN", str, "", repr=False)
+    healer_port: int = _opt("FOUNDRY_HEALER_PORT", _port, 8081)
+    monitor_port: int = _opt("FOUNDRY_MONITOR_PORT", _port, 8082)
+    fleet: dict[str, int] = _opt("FOUNDRY_FLEET", parse_fleet, None)
+    data_dir: Path = _opt("FOUNDRY_DATA_DIR", Path, Path(".foundry"))
+    result_ttl: int = _opt("FOUNDRY_RESULT_TTL", _positive(int), 86400)
+    ack_wait: float = _opt("FOUNDRY_ACK_WAIT", _positive(float, 0.5, strict=False), 10.0)
+    max_deliver: int = _opt("FOUNDRY_MAX_DELIVER", _positive(int, 1, strict=False), 5)
+    max_ack_pending: int = _opt("FOUNDRY_MAX_ACK_PENDING", _positive(int), 1000)
+    max_task_bytes: int = _opt("FOUNDRY_MAX_TASK_BYTES", _positive(int), 1024 * 1024)
+    max_queue_per_type: int = _opt("FOUNDRY_MAX_QUEUE_PER_TYPE", _positive(int), 1_000_000)
+    duplicate_window: float = _opt(
+        "FOUNDRY_DUPLICATE_WINDOW", _positive(float, 600.0, strict=False), 900.0
     )
-    events_max_age: float = opt("FOUNDRY_EVENTS_MAX_AGE", positive(float), 7 * 86400.0)
-    concurrency: int = opt("FOUNDRY_WORKER_CONCURRENCY", positive(int), 16)
+    events_max_age: float = _opt("FOUNDRY_EVENTS_MAX_AGE", _positive(float), 7 * 86400.0)
+    concurrency: int = _opt("FOUNDRY_WORKER_CONCURRENCY", _positive(int), 16)
     # the most a control message may raise one worker's concurrency to
-    max_concurrency: int = opt("FOUNDRY_WORKER_MAX_CONCURRENCY", positive(int), 256)
-    task_timeout: float = opt("FOUNDRY_TASK_TIMEOUT", positive(float), 600.0)
-    retry_delay: float = opt("FOUNDRY_RETRY_DELAY", positive(float, 0.0, strict=False), 2.0)
-    drain_timeout: float = opt("FOUNDRY_DRAIN_TIMEOUT", positive(float, 0.0, strict=False), 10.0)
-    heartbeat_interval: float = opt("FOUNDRY_HEARTBEAT_INTERVAL", positive(float, 0.05), 1.0)
-    silence_timeout: float = opt("FOUNDRY_SILENCE_TIMEOUT", positive(float, 0.1), 3.0)
-    max_restarts: int = opt("FOUNDRY_MAX_RESTARTS", positive(int), 5)
-    restart_window: float = opt("FOUNDRY_RESTART_WINDOW", positive(float), 60.0)
-    backoff_max: float = opt("FOUNDRY_BACKOFF_MAX", positive(float), 30.0)
-    stable_after: float = opt("FOUNDRY_STABLE_AFTER", positive(float), 30.0)
-    poison_kills: int = opt("FOUNDRY_POISON_KILLS", positive(int), 3)
-    connect_timeout: float = opt("FOUNDRY_CONNECT_TIMEOUT", positive(float), 30.0)
-    handlers: dict[str, str] = opt("FOUNDRY_HANDLERS", lambda t: parse_bindings(t), None)
-    cache_wait: float = opt("FOUNDRY_CACHE_WAIT", positive(float), 60.0)
+    max_concurrency: int = _opt("FOUNDRY_WORKER_MAX_CONCURRENCY", _positive(int), 256)
+    task_timeout: float = _opt("FOUNDRY_TASK_TIMEOUT", _positive(float), 600.0)
+    retry_delay: float = _opt("FOUNDRY_RETRY_DELAY", _positive(float, 0.0, strict=False), 2.0)
+    drain_timeout: float = _opt("FOUNDRY_DRAIN_TIMEOUT", _positive(float, 0.0, strict=False), 10.0)
+    heartbeat_interval: float = _opt("FOUNDRY_HEARTBEAT_INTERVAL", _positive(float, 0.05), 1.0)
+    silence_timeout: float = _opt("FOUNDRY_SILENCE_TIMEOUT", _positive(float, 0.1), 3.0)
+    max_restarts: int = _opt("FOUNDRY_MAX_RESTARTS", _positive(int), 5)
+    restart_window: float = _opt("FOUNDRY_RESTART_WINDOW", _positive(float), 60.0)
+    backoff_max: float = _opt("FOUNDRY_BACKOFF_MAX", _positive(float), 30.0)
+    stable_after: float = _opt("FOUNDRY_STABLE_AFTER", _positive(float), 30.0)
+    poison_kills: int = _opt("FOUNDRY_POISON_KILLS", _positive(int), 3)
+    connect_timeout: float = _opt("FOUNDRY_CONNECT_TIMEOUT", _positive(float), 30.0)
+    handlers: dict[str, str] = _opt("FOUNDRY_HANDLERS", lambda t: parse_bindings(t), None)
+    cache_wait: float = _opt("FOUNDRY_CACHE_WAIT", _positive(float), 60.0)
     # host remediation (the healer acts on the monitor's samples; see README)
-    host_interval: float = opt("FOUNDRY_HOST_INTERVAL", positive(float, 0.05), 5.0)
-    disk_threshold: float = opt("FOUNDRY_DISK_THRESHOLD", percent, 90.0)
-    memory_threshold: float = opt("FOUNDRY_MEMORY_THRESHOLD", percent, 85.0)
-    cpu_threshold: float = opt("FOUNDRY_CPU_THRESHOLD", percent, 90.0)
-    cpu_samples: int = opt("FOUNDRY_CPU_SAMPLES", positive(int), 3)
-    clean_paths: tuple[Path, ...] = opt("FOUNDRY_CLEAN_PATHS", paths, None)
-    clean_min_age: float = opt("FOUNDRY_CLEAN_MIN_AGE", positive(float, 0.0, strict=False), 86400.0)
-    worker_max_rss: int = opt("FOUNDRY_WORKER_MAX_RSS", size, 0)
-    remediation_cooldown: float = opt(
-        "FOUNDRY_REMEDIATION_COOLDOWN", positive(float, 0.0, strict=False), 60.0
+    host_interval: float = _opt("FOUNDRY_HOST_INTERVAL", _positive(float, 0.05), 5.0)
+    disk_threshold: float = _opt("FOUNDRY_DISK_THRESHOLD", _percent, 90.0)
+    memory_threshold: float = _opt("FOUNDRY_MEMORY_THRESHOLD", _percent, 85.0)
+    cpu_threshold: float = _opt("FOUNDRY_CPU_THRESHOLD", _percent, 90.0)
+    cpu_samples: int = _opt("FOUNDRY_CPU_SAMPLES", _positive(int), 3)
+    clean_paths: tuple[Path, ...] = _opt("FOUNDRY_CLEAN_PATHS", _paths, None)
+    clean_min_age: float = _opt(
+        "FOUNDRY_CLEAN_MIN_AGE", _positive(float, 0.0, strict=False), 86400.0
     )
-    remediation_dry_run: bool = opt("FOUNDRY_REMEDIATION_DRY_RUN", flag, False)
-    probe_failures: int = opt("FOUNDRY_PROBE_FAILURES", positive(int), 3)
-    log_level: str = opt("FOUNDRY_LOG_LEVEL", str.upper, "INFO")
+    worker_max_rss: int = _opt("FOUNDRY_WORKER_MAX_RSS", _size, 0)
+    remediation_cooldown: float = _opt(
+        "FOUNDRY_REMEDIATION_COOLDOWN", _positive(float, 0.0, strict=False), 60.0
+    )
+    remediation_dry_run: bool = _opt("FOUNDRY_REMEDIATION_DRY_RUN", _bool, False)
+    probe_failures: int = _opt("FOUNDRY_PROBE_FAILURES", _positive(int), 3)
+    log_level: str = _opt("FOUNDRY_LOG_LEVEL", str.upper, "INFO")
     # The built-in handlers' knobs (FOUNDRY_EXEC_*, FOUNDRY_LLM_*, FOUNDRY_WEBHOOK_*).
     exec: ExecSettings = section(ExecSettings)
     llm: LlmSettings = section(LlmSettings)
     webhook: WebhookSettings = section(WebhookSettings)
     # Extra secret variables for custom handlers, per type (see foundry.childenv).
-    handler_secrets: tuple[str, ...] = opt("FOUNDRY_HANDLER_SECRETS", grants, ())
-    monitor_host: str = opt("FOUNDRY_MONITOR_HOST", str, "127.0.0.1")
+    handler_secrets: tuple[str, ...] = _opt("FOUNDRY_HANDLER_SECRETS", _grants, ())
+    monitor_host: str = _opt("FOUNDRY_MONITOR_HOST", str, "127.0.0.1")
     # Paths whose disk the monitor watches, comma-separated; empty means the data dir.
-    watch_paths: tuple[Path, ...] = opt("FOUNDRY_WATCH_PATHS", paths, ())
+    watch_paths: tuple[Path, ...] = _opt("FOUNDRY_WATCH_PATHS", _paths, ())
     # nats-server's HTTP monitoring endpoint (-m); empty: the monitor skips server stats.
-    nats_monitor_url: str = opt(
-        "FOUNDRY_NATS_MONITOR_URL", optional_url(("http", "https")), "", repr=False
+    nats_monitor_url: str = _opt(
+        "FOUNDRY_NATS_MONITOR_URL", _optional_url(("http", "https")), "", repr=False
     )
 
     # Credentials and TLS for NATS and Redis (see README "Security").
     # A .creds file: a JWT with its user seed, or a user nkey seed alone.
-    nats_creds: str = opt("FOUNDRY_NATS_CREDS", existing_file, "")
-    nats_tls_ca: str = opt("FOUNDRY_NATS_TLS_CA", existing_file, "")
-    nats_tls_cert: str = opt("FOUNDRY_NATS_TLS_CERT", existing_file, "")
-    nats_tls_key: str = opt("FOUNDRY_NATS_TLS_KEY", existing_file, "")
-    redis_tls_ca: str = opt("FOUNDRY_REDIS_TLS_CA", existing_file, "")
-    redis_tls_cert: str = opt("FOUNDRY_REDIS_TLS_CERT", existing_file, "")
-    redis_tls_key: str = opt("FOUNDRY_REDIS_TLS_KEY", existing_file, "")
+    nats_creds: str = _opt("FOUNDRY_NATS_CREDS", _file, "")
+    nats_tls_ca: str = _opt("FOUNDRY_NATS_TLS_CA", _file, "")
+    nats_tls_cert: str = _opt("FOUNDRY_NATS_TLS_CERT", _file, "")
+    nats_tls_key: str = _opt("FOUNDRY_NATS_TLS_KEY", _file, "")
+    redis_tls_ca: str = _opt("FOUNDRY_REDIS_TLS_CA", _file, "")
+    redis_tls_cert: str = _opt("FOUNDRY_REDIS_TLS_CERT", _file, "")
+    redis_tls_key: str = _opt("FOUNDRY_REDIS_TLS_KEY", _file, "")
     # Per-role NATS passwords the healer hands to the processes it launches, each only its own.
-    nats_role_passwords: dict[str, str] = opt(
+    nats_role_passwords: dict[str, str] = _opt(
         "FOUNDRY_NATS_ROLE_PASSWORDS", lambda t: parse_role_secrets(t), None, repr=False
     )
     # Reply subjects start with this; a role's own prefix keeps others from reading its replies.
-    nats_inbox_prefix: str = opt("FOUNDRY_NATS_INBOX_PREFIX", subject_prefix, "_INBOX")
+    nats_inbox_prefix: str = _opt("FOUNDRY_NATS_INBOX_PREFIX", _subject_prefix, "_INBOX")
     # The embedded nats-server's loopback HTTP monitoring port (0: none).
-    nats_monitor_port: int = opt("FOUNDRY_NATS_MONITOR_PORT", port, 8222)
+    nats_monitor_port: int = _opt("FOUNDRY_NATS_MONITOR_PORT", _port, 8222)
     # Stream byte limits (the oldest events and dead letters go first; a full task queue refuses).
-    tasks_max_bytes: int = opt("FOUNDRY_TASKS_MAX_BYTES", positive(size), 1024**3)
-    events_max_bytes: int = opt("FOUNDRY_EVENTS_MAX_BYTES", positive(size), 256 * 1024**2)
-    dead_max_bytes: int = opt("FOUNDRY_DEAD_MAX_BYTES", positive(size), 256 * 1024**2)
+    tasks_max_bytes: int = _opt("FOUNDRY_TASKS_MAX_BYTES", _positive(_size), 1024**3)
+    events_max_bytes: int = _opt("FOUNDRY_EVENTS_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    dead_max_bytes: int = _opt("FOUNDRY_DEAD_MAX_BYTES", _positive(_size), 256 * 1024**2)
 
     def __post_init__(self) -> None:
         if self.fleet is None:
