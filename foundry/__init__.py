@@ -9,6 +9,7 @@ from foundry.errors import (
     FoundryError,
     InvalidAgentType,
     MalformedTask,
+    QueueFull,
 )
 from foundry.names import Names, validate_agent_type
 from foundry.settings import Settings
@@ -21,6 +22,7 @@ __all__ = [
     "InvalidAgentType",
     "MalformedTask",
     "Names",
+    "QueueFull",
     "Settings",
     "validate_agent_type",
 ]

@@ -5,7 +5,8 @@ The settings that open something outside the cluster — the LLM server's URL
 and API key, the deploy webhook's URL and signing secret — go only to the
 workers whose handler uses them: an ``llm`` worker gets the LLM's, a
 ``webhook`` worker the webhook's; ``exec``, ``echo``, servers, the gateway and
-the monitor get neither. A custom ``module:attr`` handler gets none unless the
+the monitor get neither; the foundry CLI's own API token (``FOUNDRY_API_TOKEN``)
+goes to none. A custom ``module:attr`` handler gets none of these unless the
 operator grants them to its agent type in ``FOUNDRY_HANDLER_SECRETS``
 (``reviewer=FOUNDRY_LLM_API_KEY,reviewer=FOUNDRY_LLM_URL``); a grant may also
 name a variable of the healer's own environment (``reviewer=OPENAI_API_KEY``).
@@ -31,7 +32,11 @@ HANDLER_SECRETS: dict[str, tuple[str, ...]] = {
     "llm": ("FOUNDRY_LLM_URL", "FOUNDRY_LLM_API_KEY"),
     "webhook": ("FOUNDRY_DEPLOY_WEBHOOK_URL", "FOUNDRY_WEBHOOK_SECRET"),
 }
-SCOPED = frozenset(var for names in HANDLER_SECRETS.values() for var in names)
+# Settings only the foundry CLI uses: no child gets them unless granted.
+CLIENT_ONLY = ("FOUNDRY_API_TOKEN",)
+SCOPED = frozenset(var for names in HANDLER_SECRETS.values() for var in names) | frozenset(
+    CLIENT_ONLY
+)
 SECRET_WORDS = frozenset(
     {
         "KEY",

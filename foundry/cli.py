@@ -31,8 +31,6 @@ from foundry.servers import port_open
 from foundry.settings import Settings, split_urls
 
 STOP_GRACE = 60.0
-# What the HTTP commands read: the environment, over client.env when there is one.
-_environ: Mapping[str, str] = os.environ
 
 
 def client_environ(environ: Mapping[str, str], path: Path) -> dict[str, str]:
@@ -41,21 +39,24 @@ def client_environ(environ: Mapping[str, str], path: Path) -> dict[str, str]:
     return {**base, **environ}
 
 
-def _gateway_url(settings: Settings) -> str:
-    return _environ.get("FOUNDRY_GATEWAY_URL") or embedded_mod.gateway_url(settings)
-
-
-def _headers() -> dict[str, str]:
+def _headers(settings: Settings) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
-    token = _environ.get("FOUNDRY_API_TOKEN", "").strip()
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    if settings.api_token:
+        headers["Authorization"] = f"Bearer {settings.api_token}"
     return headers
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+def _http(
+    settings: Settings,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    timeout: float = 10,
+) -> Any:
+    """``method`` on the gateway's ``path``, with the API token when there is one."""
+    url = f"{settings.gateway_base_url}{path}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=_headers())
+    req = urllib.request.Request(url, data=data, method=method, headers=_headers(settings))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
@@ -118,7 +119,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    url = _gateway_url(settings)
+    url = settings.gateway_base_url
     deadline = time.monotonic() + args.wait
     announced = False
     while proc.poll() is None:
@@ -148,9 +149,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    url = _gateway_url(settings)
-    status = _http("GET", f"{url}/api/cluster/status")
-    agents = _http("GET", f"{url}/api/cluster/agents/live")["agents"]
+    status = _http(settings, "GET", "/api/cluster/status")
+    agents = _http(settings, "GET", "/api/cluster/agents/live")["agents"]
     if args.json:
         print(json.dumps({"status": status, "agents": agents}, indent=2))
         return 0
@@ -176,7 +176,6 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
-    url = _gateway_url(settings)
     body: dict[str, Any] = {"agent_type": args.agent_type, "description": args.description}
     if args.input:
         try:
@@ -185,13 +184,14 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
             raise SystemExit(f"foundry: --input is not JSON: {exc}") from None
     if args.task_id:
         body["task_id"] = args.task_id
-    out = _http("POST", f"{url}/api/cluster/task/submit", body)
+    out = _http(settings, "POST", "/api/cluster/task/submit", body)
     if not args.wait:
         print(json.dumps(out))
         return 0
     record = _http(
+        settings,
         "GET",
-        f"{url}/api/cluster/task/{out['task_id']}?wait={args.timeout:g}",
+        f"/api/cluster/task/{out['task_id']}?wait={args.timeout:g}",
         timeout=args.timeout + 10,
     )
     print(json.dumps(record, indent=2))
@@ -199,7 +199,7 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_heal(settings: Settings, args: argparse.Namespace) -> int:
-    out = _http("POST", f"{_gateway_url(settings)}/api/cluster/heal")
+    out = _http(settings, "POST", "/api/cluster/heal")
     print(out["message"])
     return 0
 
@@ -229,13 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _environ
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
         if args.command != "up":
-            _environ = client_environ(os.environ, embedded_mod.client_env_path(settings))
-            settings = Settings.from_env(_environ)
+            # the HTTP commands read client.env too (the explicit environment wins)
+            environ = client_environ(os.environ, embedded_mod.client_env_path(settings))
+            settings = Settings.from_env(environ)
     except ConfigError as exc:
         print(f"foundry: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from foundry.secrets import (
     update_env_file,
     write_private,
 )
-from foundry.settings import Settings, split_urls
+from foundry.settings import Settings, local_gateway_url, split_urls
 
 REDIS_USER = "foundry"
 NATS_CONF, REDIS_CONF = "nats.conf", "redis.conf"
@@ -201,9 +201,8 @@ host can reach (the embedded servers listen on loopback), then source it."""
 
 
 def gateway_url(settings: Settings) -> str:
-    host = settings.gateway_host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{host}:{settings.gateway_port}"
+    """Where the embedded gateway listens, as written to ``client.env``."""
+    return local_gateway_url(settings.gateway_host, settings.gateway_port)
 
 
 def client_env(settings: Settings, nats_url: str) -> dict[str, str]:

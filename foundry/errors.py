@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# JetStream API error code: the stream's per-subject message limit is reached. On the
+# task stream that limit is FOUNDRY_MAX_QUEUE_PER_TYPE, so the code means a full queue.
+JS_ERR_MAX_MSGS_PER_SUBJECT = 10077
+
 
 class FoundryError(Exception):
     """Base of every error Agent Foundry raises on purpose."""
@@ -26,6 +30,16 @@ class MalformedTask(FoundryError):
 
 class BrokerUnavailable(FoundryError):
     """NATS cannot be reached or did not answer in time."""
+
+
+class QueueFull(FoundryError):
+    """An agent type's task queue holds FOUNDRY_MAX_QUEUE_PER_TYPE tasks; retry later."""
+
+    def __init__(self, agent_type: str) -> None:
+        super().__init__(
+            f"the {agent_type} queue is full (FOUNDRY_MAX_QUEUE_PER_TYPE); retry later"
+        )
+        self.agent_type = agent_type
 
 
 class CacheUnavailable(FoundryError):

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from foundry import codec
-from foundry.errors import BrokerUnavailable, CacheUnavailable
+from foundry.errors import BrokerUnavailable, CacheUnavailable, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into JSON; broker/cache outages into 503s, never a trace."""
+    """Turn every error into JSON: a full queue into 429, broker/cache outages into 503s,
+    never a trace."""
     try:
         return await handler(request)
     except ApiError:
@@ -64,6 +65,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         keep = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         code = exc.reason.lower().replace(" ", "_")
         raise ApiError(exc.status_code, code, _explain(exc)).with_headers(keep) from None
+    except QueueFull as exc:
+        raise ApiError(429, "queue_full", str(exc), agent_type=exc.agent_type) from None
     except BrokerUnavailable as exc:
         raise unavailable("nats", str(exc)) from None
     except CacheUnavailable as exc:

@@ -23,7 +23,12 @@ from foundry.contracts import (
     TaskStatus,
     valid_task_id,
 )
-from foundry.errors import BrokerUnavailable, InvalidAgentType
+from foundry.errors import (
+    JS_ERR_MAX_MSGS_PER_SUBJECT,
+    BrokerUnavailable,
+    InvalidAgentType,
+    QueueFull,
+)
 from foundry.names import validate_agent_type
 from gateway.auth import presented_token, require
 from gateway.errors import ApiError, bad_request
@@ -141,7 +146,11 @@ def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
 
 
 async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
-    """Publish with ``Nats-Msg-Id``; a timed-out publish is retried with the same id."""
+    """Publish with ``Nats-Msg-Id``; a timed-out publish is retried with the same id.
+
+    JetStream's refusals become core errors here: a full queue :class:`QueueFull`, any
+    other :class:`BrokerUnavailable` (the error middleware answers 429 and 503).
+    """
     nc, js = request.app[NC], request.app[JS]
     subject = request.app[SETTINGS].names.tasks(task.agent_type)
     headers = {MSG_ID_HEADER: task.task_id}
@@ -155,14 +164,9 @@ async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             last = exc
         except JsAPIError as exc:
-            if exc.err_code == 10077 or "maximum messages per subject" in str(exc.description):
-                raise ApiError(
-                    429,
-                    "queue_full",
-                    f"the {task.agent_type} queue is full (FOUNDRY_MAX_QUEUE_PER_TYPE); "
-                    "retry later",
-                    agent_type=task.agent_type,
-                ) from None
+            full = exc.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT
+            if full or "maximum messages per subject" in str(exc.description):
+                raise QueueFull(task.agent_type) from None
             raise BrokerUnavailable(f"JetStream refused the task: {exc.description}") from None
         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
             last = exc
@@ -192,7 +196,7 @@ async def submit(request: web.Request) -> web.Response:
     else:
         try:
             duplicate = await _publish(request, task, payload)
-        except (BrokerUnavailable, ApiError):
+        except (BrokerUnavailable, QueueFull, ApiError):
             if existing == "created":
                 await store.forget_queued(task.task_id)
             raise

@@ -26,7 +26,7 @@ async def stepwise(ctx: TaskContext) -> dict[str, Any]:
         "worker_id": ctx.worker_id,
         "last_progress": ctx.last_progress,
         "namespace": ctx.settings.namespace,
-        "exec_timeout": ctx.settings.exec_timeout,
+        "exec_timeout": ctx.settings.exec.timeout,
     }
 
 

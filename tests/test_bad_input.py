@@ -131,7 +131,7 @@ async def test_full_queue_is_429_and_loses_nothing(make_settings: Any, make_gate
     status, body = await post(
         gw, json={"agent_type": "coder", "description": "d", "task_id": "q-2"}
     )
-    assert status == 429 and body["error"] == "queue_full"
+    assert status == 429 and body["error"] == "queue_full" and body["agent_type"] == "coder"
     assert "FOUNDRY_MAX_QUEUE_PER_TYPE" in body["message"]
     # and left no record behind, while the accepted ones stay queued
     async with gw.http.get(gw.url("/api/cluster/task/q-2")) as resp:

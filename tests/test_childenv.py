@@ -9,30 +9,26 @@ import yaml
 from nats.aio.client import Client as NATS
 
 from foundry.childenv import env_for, inherited, looks_secret
-from foundry.settings import Settings
+from foundry.settings import LlmSettings, Settings, WebhookSettings
 from tests.cluster import start_healer, wait_running
 from tests.conftest import eventually
 from tests.procs import ROOT, ProcessGroup
 
 LLM_KEY, HOOK_SECRET, PARENT_KEY = "sk-child-llm-77", "whsec-child-88", "sk-parent-openai-99"
+LLM = LlmSettings(url="http://127.0.0.1:9/v1", model="m", api_key=LLM_KEY)
+CLI_TOKEN = "fnd-cli-token-66"
+HOOK = WebhookSettings(url="http://127.0.0.1:9/deploy", secret=HOOK_SECRET)
 
 
 def with_secrets(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {
-        "llm_url": "http://127.0.0.1:9/v1",
-        "llm_model": "m",
-        "llm_api_key": LLM_KEY,
-        "deploy_webhook_url": "http://127.0.0.1:9/deploy",
-        "webhook_secret": HOOK_SECRET,
-    }
-    base.update(overrides)
-    return Settings(**base)
+    return Settings(llm=LLM, webhook=HOOK, **overrides)
 
 
 def test_each_role_gets_only_its_handlers_secrets() -> None:
     settings = with_secrets(
         handlers={"reviewer": "tests.handlers:record"},
         handler_secrets=("reviewer=FOUNDRY_LLM_API_KEY", "reviewer=OPENAI_API_KEY"),
+        api_token=CLI_TOKEN,
     )
     parent = {"OPENAI_API_KEY": PARENT_KEY, "PATH": "/usr/bin"}
     llm = env_for(settings, "worker", "coder", parent)
@@ -48,6 +44,9 @@ def test_each_role_gets_only_its_handlers_secrets() -> None:
     # a custom handler gets what the operator granted to its type, and nothing else
     assert custom["FOUNDRY_LLM_API_KEY"] == LLM_KEY and custom["OPENAI_API_KEY"] == PARENT_KEY
     assert "FOUNDRY_WEBHOOK_SECRET" not in custom
+    # the CLI's API token goes to no child
+    for env in (llm, hook, exe, custom, gateway):
+        assert "FOUNDRY_API_TOKEN" not in env and CLI_TOKEN not in env.values()
     # every child keeps the settings that are not secrets
     assert exe["FOUNDRY_LLM_MODEL"] == "m" and exe["FOUNDRY_NAMESPACE"] == settings.namespace
 
@@ -80,11 +79,8 @@ async def test_healer_children_hold_only_their_secrets(
         fleet={"executor": 1, "coder": 1, "reviewer": 1},
         handlers={"executor": "exec", "coder": "llm", "reviewer": "tests.handlers:record"},
         handler_secrets=("reviewer=OPENAI_API_KEY",),
-        llm_url="http://127.0.0.1:9/v1",
-        llm_model="m",
-        llm_api_key=LLM_KEY,
-        deploy_webhook_url="http://127.0.0.1:9/deploy",
-        webhook_secret=HOOK_SECRET,
+        llm=LLM,
+        webhook=HOOK,
     )
     start_healer(procs, settings, "--services", "gateway", OPENAI_API_KEY=PARENT_KEY)
     current = await wait_running(nc, settings)

@@ -12,14 +12,14 @@ import psutil
 import pytest
 
 from foundry.errors import ConfigError
-from foundry.settings import Settings
+from foundry.settings import ExecSettings, Settings
 from tests.conftest import eventually
 from tests.fakes import make_ctx
 from workers.builtin.exec import ExecHandler
 from workers.builtin.uidpool import UidPool
 from workers.handlers import TaskFailed
 
-NONE = Settings(exec_isolation="none")
+NONE = Settings(exec=ExecSettings(isolation="none"))
 
 
 async def test_none_warns_at_start_and_runs_in_a_temp_folder(
@@ -60,7 +60,7 @@ async def test_bad_isolation_settings_name_the_variable() -> None:
         with pytest.raises(ConfigError) as info:
             Settings.from_env(env)
         assert var in str(info.value)
-    assert Settings.from_env({"FOUNDRY_LLM_MODELS": "a, b,,c"}).llm_models == ("a", "b", "c")
+    assert Settings.from_env({"FOUNDRY_LLM_MODELS": "a, b,,c"}).llm.models == ("a", "b", "c")
 
 
 def test_uid_leases_are_exclusive_across_holders(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 
 from foundry import codec
 from foundry.connect import connect_nats
+from foundry.settings import ExecSettings
 from tests.conftest import eventually
 from tests.procs import ProcessGroup
 from tests.test_flow import submit, wait_task
@@ -20,7 +21,9 @@ async def test_custom_handler_progress_shows_in_heartbeats(
     make_settings: Any, make_gateway: Any, procs: ProcessGroup, tmp_path: Path
 ) -> None:
     # Given a worker bound by dotted path to a handler that reports progress and then waits
-    settings = make_settings(handlers={"coder": "tests.custom_handlers:stepwise"}, exec_timeout=7.0)
+    settings = make_settings(
+        handlers={"coder": "tests.custom_handlers:stepwise"}, exec=ExecSettings(timeout=7.0)
+    )
     gw = await make_gateway(settings)
     nc = await connect_nats(settings, "test")
     beats: list[dict[str, Any]] = []

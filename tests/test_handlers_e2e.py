@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from foundry.settings import LlmSettings, WebhookSettings
 from tests.fakes import MODEL, FakeLLM, WebhookReceiver, llm_app, serve, webhook_app
 from tests.procs import ROOT, ProcessGroup
 from tests.test_flow import submit, wait_task
@@ -67,11 +68,8 @@ async def test_builtin_roles_run_their_default_handlers(
     async with serve(llm_app(llm)) as llm_url, serve(webhook_app(receiver)) as hook_url:
         settings = make_settings(
             handlers={},
-            llm_url=f"{llm_url}/v1",
-            llm_model="test-model",
-            llm_api_key="sk-e2e",
-            deploy_webhook_url=f"{hook_url}/deploy",
-            webhook_secret="e2e-secret",
+            llm=LlmSettings(url=f"{llm_url}/v1", model="test-model", api_key="sk-e2e"),
+            webhook=WebhookSettings(url=f"{hook_url}/deploy", secret="e2e-secret"),
         )
         gw = await make_gateway(settings)
         for agent_type in ("executor", "coder", "deployer"):

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from foundry.settings import Settings
+from foundry.settings import ExecSettings, Settings
 from tests.conftest import eventually
 from tests.fakes import make_ctx
 from tests.sandboxing import require_bwrap
@@ -159,7 +159,7 @@ async def test_cancelled_run_is_killed_and_cleaned_up() -> None:
 
 
 async def test_input_limits_are_capped_by_settings() -> None:
-    settings = Settings(exec_timeout=5.0, exec_output_bytes=4096)
+    settings = Settings(exec=ExecSettings(timeout=5.0, output_bytes=4096))
     out = await run({"code": "pass", "limits": {"timeout": 9999, "output_bytes": 100}}, settings)
     assert out["limits"]["timeout"] == 5.0 and out["limits"]["output_bytes"] == 100
 
@@ -181,7 +181,9 @@ async def test_bad_input_fails_clearly(task_input: Any, words: str) -> None:
 
 
 async def test_missing_interpreter_names_the_setting() -> None:
-    err = await run_failing({"code": "print(1)"}, Settings(exec_python="no-such-python9"))
+    err = await run_failing(
+        {"code": "print(1)"}, Settings(exec=ExecSettings(python="no-such-python9"))
+    )
     assert "FOUNDRY_EXEC_PYTHON" in str(err)
 
 
@@ -207,7 +209,7 @@ async def test_code_runs_as_a_uid_other_than_the_workers() -> None:
     # "nobody" inside the box's user namespace
     assert inside != os.getuid()
     if os.geteuid() == 0:
-        first, last = parse_range(Settings().exec_uids) or (0, 0)
+        first, last = parse_range(Settings().exec.uids) or (0, 0)
         assert first <= inside <= last
     else:
         assert inside == pwd.getpwnam("nobody").pw_uid

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from foundry.contracts import parse_task
-from foundry.settings import Settings
+from foundry.settings import Settings, WebhookSettings
 from tests.fakes import WebhookReceiver, make_ctx, serve, webhook_app
 from workers.builtin.webhook import MAX_BODY, SIGNATURE_HEADER, WebhookHandler, webhook_handler
 from workers.handlers import TaskFailed
@@ -38,7 +38,7 @@ async def deploy_failing(settings: Settings) -> TaskFailed:
 
 async def test_body_and_signature(receiver: tuple[WebhookReceiver, str]) -> None:
     rec, url = receiver
-    settings = Settings(deploy_webhook_url=url, webhook_secret=SECRET)
+    settings = Settings(webhook=WebhookSettings(url=url, secret=SECRET))
     # When a deploy task runs
     out = await deploy(settings, {"version": "1.2", "env": "staging"})
     # Then the receiver got the task as JSON with a valid HMAC-SHA256 signature
@@ -59,7 +59,7 @@ async def test_body_and_signature(receiver: tuple[WebhookReceiver, str]) -> None
 
 async def test_no_secret_no_signature(receiver: tuple[WebhookReceiver, str]) -> None:
     rec, url = receiver
-    await deploy(Settings(deploy_webhook_url=url))
+    await deploy(Settings(webhook=WebhookSettings(url=url)))
     headers, _ = rec.requests[0]
     assert SIGNATURE_HEADER not in headers
 
@@ -67,7 +67,7 @@ async def test_no_secret_no_signature(receiver: tuple[WebhookReceiver, str]) -> 
 async def test_timeout_is_a_clear_failure(receiver: tuple[WebhookReceiver, str]) -> None:
     rec, url = receiver
     rec.delay = 5.0
-    err = await deploy_failing(Settings(deploy_webhook_url=url, webhook_timeout=0.3))
+    err = await deploy_failing(Settings(webhook=WebhookSettings(url=url, timeout=0.3)))
     assert "FOUNDRY_WEBHOOK_TIMEOUT" in str(err) and "0.3s" in str(err)
 
 
@@ -76,7 +76,7 @@ async def test_error_status_fails_with_status_and_body(
 ) -> None:
     rec, url = receiver
     rec.status, rec.reply = 409, b'{"error": "deploy already running"}'
-    err = await deploy_failing(Settings(deploy_webhook_url=url))
+    err = await deploy_failing(Settings(webhook=WebhookSettings(url=url)))
     assert "HTTP 409" in str(err)
     assert err.result == {
         "status": 409,
@@ -88,7 +88,7 @@ async def test_error_status_fails_with_status_and_body(
 async def test_long_body_is_capped(receiver: tuple[WebhookReceiver, str]) -> None:
     rec, url = receiver
     rec.reply = b"x" * (MAX_BODY * 3)
-    out = await deploy(Settings(deploy_webhook_url=url))
+    out = await deploy(Settings(webhook=WebhookSettings(url=url)))
     assert len(out["body"]) == MAX_BODY and out["truncated"] is True
 
 
@@ -96,14 +96,16 @@ async def test_not_configured_and_unreachable() -> None:
     err = await deploy_failing(Settings())
     assert "FOUNDRY_DEPLOY_WEBHOOK_URL" in str(err)
     # the URL's path (which may hold a token) is not echoed in errors
-    err = await deploy_failing(Settings(deploy_webhook_url="http://127.0.0.1:1/hooks/s3cr3t"))
+    err = await deploy_failing(
+        Settings(webhook=WebhookSettings(url="http://127.0.0.1:1/hooks/s3cr3t"))
+    )
     assert "cannot reach http://127.0.0.1:1" in str(err) and "s3cr3t" not in str(err)
 
 
 async def test_body_names_the_submitter(receiver: tuple[WebhookReceiver, str]) -> None:
     rec, url = receiver
     ctx = make_ctx(
-        "deployer", None, Settings(deploy_webhook_url=url), "ship", submitted_by="ci-bot"
+        "deployer", None, Settings(webhook=WebhookSettings(url=url)), "ship", submitted_by="ci-bot"
     )
     await webhook_handler(ctx)
     assert json.loads(rec.requests[0][1])["submitted_by"] == "ci-bot"
@@ -115,7 +117,7 @@ async def test_redirect_is_refused_naming_its_location(
     rec, url = receiver
     # Given a receiver that answers with a redirect to another of its own routes
     rec.location = url.replace("/deploy", "/elsewhere") + "?sig=abc"
-    err = await deploy_failing(Settings(deploy_webhook_url=url))
+    err = await deploy_failing(Settings(webhook=WebhookSettings(url=url)))
     # Then the task fails naming where it pointed, and the redirect was not followed
     assert "HTTP 302" in str(err) and "/elsewhere" in str(err) and "sig=abc" not in str(err)
     assert err.result["status"] == 302
@@ -125,7 +127,7 @@ async def test_redirect_is_refused_naming_its_location(
 async def test_one_session_per_worker(receiver: tuple[WebhookReceiver, str]) -> None:
     rec, url = receiver
     handler = WebhookHandler()
-    settings = Settings(deploy_webhook_url=url)
+    settings = Settings(webhook=WebhookSettings(url=url))
     await handler.setup(settings)
     try:
         session = handler.session

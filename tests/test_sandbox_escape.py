@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from foundry.settings import Settings
+from foundry.settings import ExecSettings, Settings
 from tests.conftest import eventually
 from tests.fakes import make_ctx
 from tests.procs import ROOT, ProcessGroup
@@ -112,7 +112,9 @@ async def test_no_network_not_even_the_hosts_loopback(nats_url: str, redis_url: 
     assert out["network"] is False
     assert len(results) == 3 and "connected" not in results.values(), results
     # And when the operator allows networked tasks, one that asks reaches the host's NATS
-    allowed = await run({"code": code, "network": True}, Settings(exec_allow_network=True))
+    allowed = await run(
+        {"code": code, "network": True}, Settings(exec=ExecSettings(allow_network=True))
+    )
     assert json.loads(allowed["stdout"])[str(targets[0][1])] == "connected"
     assert allowed["network"] is True
 
@@ -231,7 +233,7 @@ async def test_the_system_is_read_only() -> None:
 async def test_missing_bubblewrap_refuses_to_run_code(caplog: pytest.LogCaptureFixture) -> None:
     # Given a worker whose bubblewrap cannot be found
     handler = ExecHandler()
-    settings = Settings(exec_bwrap="/nonexistent/bwrap")
+    settings = Settings(exec=ExecSettings(bwrap="/nonexistent/bwrap"))
     await handler.setup(settings)
     # Then it says so at start, and every task fails with the reason instead of running
     assert "not installed" in caplog.text

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from foundry.errors import ConfigError
-from foundry.settings import DEFAULT_FLEET, Settings, parse_bindings, parse_fleet, redact_url
+from foundry.settings import (
+    DEFAULT_FLEET,
+    LlmSettings,
+    Settings,
+    WebhookSettings,
+    parse_bindings,
+    parse_fleet,
+    redact_url,
+)
 
 
 def test_parse_fleet_keeps_order_and_skips_blanks() -> None:
@@ -93,8 +101,8 @@ def test_from_env_converts_each_variable() -> None:
     s = Settings.from_env(env)
     assert (s.fleet, s.handlers, s.namespace) == ({"coder": 3}, {"coder": "exec"}, "team-a")
     assert (s.gateway_port, s.ack_wait) == (9000, 2.5)
-    assert (s.remediation_dry_run, s.llm_stream) == (True, False)
-    assert s.worker_max_rss == 512 * 1024**2 and s.exec_memory_bytes == 1048576
+    assert (s.remediation_dry_run, s.llm.stream) == (True, False)
+    assert s.worker_max_rss == 512 * 1024**2 and s.exec.memory_bytes == 1048576
     assert s.clean_paths == (Path("/tmp/a"), Path("/tmp/b"))
     assert s.log_level == "DEBUG" and s.data_dir == Path("/var/foundry")
     assert s.redis_url == "unix:///run/redis.sock"
@@ -140,6 +148,8 @@ def test_to_env_recreates_the_settings() -> None:
         ("FOUNDRY_FLEET", "coder"),
         ("FOUNDRY_FLEET", ""),
         ("FOUNDRY_HANDLERS", "coder"),
+        ("FOUNDRY_GATEWAY_URL", "ftp://127.0.0.1:8080"),
+        ("FOUNDRY_GATEWAY_URL", "127.0.0.1:8080"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(var: str, value: str) -> None:
@@ -169,7 +179,8 @@ def test_redact_url(url: str, shown: str) -> None:
 def test_describe_and_repr_keep_passwords_and_keys_out() -> None:
     s = Settings(
         nats_url="nats://u:natspw@127.0.0.1:4222", redis_url="redis://:redispw@127.0.0.1:6379/0",
-        llm_api_key="sk-key", webhook_secret="whsec", deploy_webhook_url="https://h/hook?t=tok",
+        llm=LlmSettings(api_key="sk-key"),
+        webhook=WebhookSettings(secret="whsec", url="https://h/hook?t=tok"),
     )  # fmt: skip
     for text in (s.describe(), repr(s)):
         for secret in ("natspw", "redispw", "sk-key", "whsec", "t=tok"):
@@ -180,3 +191,19 @@ def test_describe_and_repr_keep_passwords_and_keys_out() -> None:
 def test_describe_keeps_a_nats_token_out() -> None:
     s = Settings(nats_url="nats://s3cr3t-token@127.0.0.1:4222")
     assert "s3cr3t-token" not in s.describe()
+
+
+def test_gateway_base_url_is_derived_unless_given() -> None:
+    assert Settings().gateway_base_url == "http://127.0.0.1:8080"
+    wild = Settings.from_env({"FOUNDRY_GATEWAY_HOST": "0.0.0.0", "FOUNDRY_GATEWAY_PORT": "9001"})
+    assert wild.gateway_url == "" and wild.gateway_base_url == "http://127.0.0.1:9001"
+    given = Settings.from_env(
+        {"FOUNDRY_GATEWAY_URL": "https://api.example:8443/", "FOUNDRY_GATEWAY_PORT": "9001"}
+    )
+    assert given.gateway_base_url == "https://api.example:8443"
+    assert Settings.from_env(given.to_env()) == given
+
+
+def test_the_cli_token_stays_out_of_repr() -> None:
+    s = Settings.from_env({"FOUNDRY_API_TOKEN": " fnd-tok-5 ", "FOUNDRY_GATEWAY_URL": ""})
+    assert s.api_token == "fnd-tok-5" and "fnd-tok-5" not in repr(s)

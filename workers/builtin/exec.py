@@ -36,14 +36,14 @@ from workers.builtin.sandbox import (
 )
 from workers.handlers import BaseHandler, RetryableError, TaskContext, TaskFailed
 
-# limit name -> (settings field, environment variable, unit shown in errors)
-LIMITS: dict[str, tuple[str, str, str]] = {
-    "timeout": ("exec_timeout", "FOUNDRY_EXEC_TIMEOUT", "s"),
-    "cpu_seconds": ("exec_cpu_seconds", "FOUNDRY_EXEC_CPU_SECONDS", "s"),
-    "memory_bytes": ("exec_memory_bytes", "FOUNDRY_EXEC_MEMORY_BYTES", " bytes"),
-    "file_bytes": ("exec_file_bytes", "FOUNDRY_EXEC_FILE_BYTES", " bytes"),
-    "max_procs": ("exec_max_procs", "FOUNDRY_EXEC_MAX_PROCS", " processes"),
-    "output_bytes": ("exec_output_bytes", "FOUNDRY_EXEC_OUTPUT_BYTES", " bytes per stream"),
+# limit name (a field of settings.exec) -> (environment variable, unit shown in errors)
+LIMITS: dict[str, tuple[str, str]] = {
+    "timeout": ("FOUNDRY_EXEC_TIMEOUT", "s"),
+    "cpu_seconds": ("FOUNDRY_EXEC_CPU_SECONDS", "s"),
+    "memory_bytes": ("FOUNDRY_EXEC_MEMORY_BYTES", " bytes"),
+    "file_bytes": ("FOUNDRY_EXEC_FILE_BYTES", " bytes"),
+    "max_procs": ("FOUNDRY_EXEC_MAX_PROCS", " processes"),
+    "output_bytes": ("FOUNDRY_EXEC_OUTPUT_BYTES", " bytes per stream"),
 }
 LANGUAGES = {"python": "main.py", "bash": "main.sh"}
 
@@ -75,8 +75,8 @@ def effective_limits(settings: Settings, requested: Any) -> Limits:
     if unknown:
         raise TaskFailed(f"exec: unknown limit(s) {unknown}; known: {', '.join(LIMITS)}")
     values: dict[str, Any] = {}
-    for name, (attr, _, _) in LIMITS.items():
-        cap = getattr(settings, attr)
+    for name in LIMITS:
+        cap = getattr(settings.exec, name)
         asked = requested.get(name)
         if asked is None:
             values[name] = cap
@@ -89,10 +89,10 @@ def effective_limits(settings: Settings, requested: Any) -> Limits:
 
 def _program(settings: Settings, language: str) -> list[str]:
     if language == "python":
-        path = find_program(settings.exec_python)
+        path = find_program(settings.exec.python)
         if path is None:
             raise TaskFailed(
-                f"exec: Python interpreter {settings.exec_python!r} not found on the sandbox "
+                f"exec: Python interpreter {settings.exec.python!r} not found on the sandbox "
                 "PATH; set FOUNDRY_EXEC_PYTHON to an interpreter's absolute path"
             )
         return [path, "-B", "-u", LANGUAGES[language]]
@@ -121,7 +121,7 @@ def _limit_hit(outcome: Outcome) -> str | None:
 
 
 def _describe(limit: str, limits: Limits) -> str:
-    _, var, unit = LIMITS[limit]
+    var, unit = LIMITS[limit]
     value = getattr(limits, limit)
     shown = f"{value:g}" if isinstance(value, float) else str(value)
     what = {"timeout": "wall-clock timeout", "output_bytes": "output limit"}.get(
@@ -148,7 +148,7 @@ def _network(spec: dict[str, Any], settings: Settings) -> bool:
     asked = spec.get("network", False)
     if not isinstance(asked, bool):
         raise TaskFailed("exec: input.network must be true or false")
-    if asked and not settings.exec_allow_network:
+    if asked and not settings.exec.allow_network:
         raise TaskFailed(
             "exec: input.network is refused: this worker's operator has not allowed "
             "networked tasks (FOUNDRY_EXEC_ALLOW_NETWORK=1)"

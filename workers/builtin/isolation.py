@@ -43,12 +43,12 @@ _decided: dict[tuple[object, ...], Decision] = {}
 
 def _key(settings: Settings) -> tuple[object, ...]:
     return (
-        settings.exec_isolation,
-        settings.exec_bwrap,
-        settings.exec_uids,
-        settings.exec_tmp_bytes,
-        settings.exec_python,
-        settings.exec_user,
+        settings.exec.isolation,
+        settings.exec.bwrap,
+        settings.exec.uids,
+        settings.exec.tmp_bytes,
+        settings.exec.python,
+        settings.exec.user,
         os.geteuid(),
     )
 
@@ -78,14 +78,14 @@ def announce(decision: Decision) -> None:
 
 
 async def _decide(settings: Settings) -> Decision:
-    if settings.exec_isolation == "none":
-        return Decision(Plain(settings.exec_user))
-    found = bwrap.find(settings.exec_bwrap)
+    if settings.exec.isolation == "none":
+        return Decision(Plain(settings.exec.user))
+    found = bwrap.find(settings.exec.bwrap)
     if isinstance(found, str):
         return _refuse(found)
     pool = None
     if os.geteuid() == 0:
-        uids = parse_range(settings.exec_uids)
+        uids = parse_range(settings.exec.uids)
         if uids is None:
             return _refuse("the worker runs as root and FOUNDRY_EXEC_UIDS is empty")
         pool = UidPool(*uids)
@@ -93,7 +93,7 @@ async def _decide(settings: Settings) -> Decision:
             pool.check()
         except OSError as exc:
             return _refuse(f"cannot lease sandbox uids (FOUNDRY_EXEC_UIDS): {exc}")
-    box = Boxed(found, pool, settings.exec_tmp_bytes)
+    box = Boxed(found, pool, settings.exec.tmp_bytes)
     problem = await probe(box, settings)
     return _refuse(problem) if problem else Decision(box)
 
@@ -108,7 +108,7 @@ def _refuse(reason: str) -> Decision:
 
 async def probe(box: Boxed, settings: Settings) -> str | None:
     """Run a probe in ``box`` as tasks run; None when it worked, else what went wrong."""
-    python = find_program(settings.exec_python)
+    python = find_program(settings.exec.python)
     if python is not None:
         argv = [python, "-I", "-c", f"print({PROBE_MARK!r})"]
     else:

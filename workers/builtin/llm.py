@@ -67,14 +67,14 @@ def _user_content(description: str, task_input: Any) -> str:
 def _model(spec: dict[str, Any], settings: Settings) -> str:
     asked = spec.get("model")
     if asked is None or asked == "":
-        model = settings.llm_model or (settings.llm_models[0] if settings.llm_models else "")
+        model = settings.llm.model or (settings.llm.models[0] if settings.llm.models else "")
         if not model:
             raise TaskFailed(
                 "llm: no model configured; set FOUNDRY_LLM_MODEL (e.g. llama3.2 for Ollama, "
                 "gpt-4o-mini for OpenAI)"
             )
         return model
-    allowed = [m for m in (settings.llm_model, *settings.llm_models) if m]
+    allowed = [m for m in (settings.llm.model, *settings.llm.models) if m]
     if not isinstance(asked, str) or asked not in allowed:
         raise TaskFailed(
             f"llm: input.model {asked!r} is not allowed; allowed: {', '.join(allowed) or 'none'} "
@@ -84,7 +84,7 @@ def _model(spec: dict[str, Any], settings: Settings) -> str:
 
 
 def _max_tokens(spec: dict[str, Any], settings: Settings) -> int:
-    cap = settings.llm_max_tokens
+    cap = settings.llm.max_tokens
     asked = spec.get("max_tokens")
     if asked is None:
         return cap
@@ -106,10 +106,10 @@ def build_request(ctx: TaskContext) -> dict[str, Any]:
     spec = ctx.input if isinstance(ctx.input, dict) else {}
     model = _model(spec, settings)
     system = spec.get("system")
-    if system is not None and not settings.llm_allow_system:
+    if system is not None and not settings.llm.allow_system:
         raise _refuse_system("input.system")
     if not isinstance(system, str):
-        system = role_prompt(ctx.agent_type, settings.llm_prompts_dir)
+        system = role_prompt(ctx.agent_type, settings.llm.prompts_dir)
     messages: list[Any] = [{"role": "system", "content": system}]
     extra = spec.get("messages")
     if extra is not None:
@@ -117,12 +117,12 @@ def build_request(ctx: TaskContext) -> dict[str, Any]:
             isinstance(m, dict) and isinstance(m.get("role"), str) for m in extra
         ):
             raise TaskFailed('llm: input.messages must be a list of {"role", "content"} objects')
-        if not settings.llm_allow_system and any(m["role"] == "system" for m in extra):
+        if not settings.llm.allow_system and any(m["role"] == "system" for m in extra):
             raise _refuse_system("a system message in input.messages")
         messages.extend(extra)
     else:
         messages.append({"role": "user", "content": _user_content(ctx.description, ctx.input)})
-    stream = settings.llm_stream if spec.get("stream") is None else bool(spec["stream"])
+    stream = settings.llm.stream if spec.get("stream") is None else bool(spec["stream"])
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
@@ -257,8 +257,8 @@ async def _complete(
     session: aiohttp.ClientSession, ctx: TaskContext, body: dict[str, Any], headers: dict[str, str]
 ) -> dict[str, Any]:
     settings = ctx.settings
-    server = where(settings.llm_url)
-    endpoint = settings.llm_url.rstrip("/") + "/chat/completions"
+    server = where(settings.llm.url)
+    endpoint = settings.llm.url.rstrip("/") + "/chat/completions"
     try:
         async with session.post(
             endpoint,
@@ -271,11 +271,11 @@ async def _complete(
                 raise TaskFailed(f"llm: {redirect_error(resp, server)}")
             if resp.status == 429 or resp.status >= 500:
                 data, _ = await read_capped(resp, 4096)
-                detail = snippet(data, scrub=settings.llm_api_key)
+                detail = snippet(data, scrub=settings.llm.api_key)
                 raise _Retry(f"HTTP {resp.status} from {server}: {detail}", _retry_after(resp))
             if not 200 <= resp.status < 300:
                 data, _ = await read_capped(resp, 4096)
-                detail = snippet(data, scrub=settings.llm_api_key)
+                detail = snippet(data, scrub=settings.llm.api_key)
                 raise TaskFailed(f"llm: {server} answered HTTP {resp.status}: {detail}")
             if body["stream"] and resp.content_type == "text/event-stream":
                 return await _read_stream(resp, ctx, server)
@@ -289,7 +289,7 @@ async def _complete(
 
 def _timeout(settings: Settings) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(
-        total=None, sock_connect=settings.llm_timeout, sock_read=settings.llm_timeout
+        total=None, sock_connect=settings.llm.timeout, sock_read=settings.llm.timeout
     )
 
 
@@ -309,7 +309,7 @@ class LLMHandler(BaseHandler):
 
     async def __call__(self, ctx: TaskContext) -> dict[str, Any]:
         settings = ctx.settings
-        if not settings.llm_url:
+        if not settings.llm.url:
             raise TaskFailed(
                 "llm: FOUNDRY_LLM_URL is not set; set it to an OpenAI-compatible base URL such "
                 "as http://localhost:11434/v1 (Ollama) or https://api.openai.com/v1, with "
@@ -327,9 +327,9 @@ async def _ask(
 ) -> dict[str, Any]:
     settings = ctx.settings
     headers = {"Content-Type": "application/json"}
-    if settings.llm_api_key:
-        headers["Authorization"] = f"Bearer {settings.llm_api_key}"
-    attempts = settings.llm_retries + 1
+    if settings.llm.api_key:
+        headers["Authorization"] = f"Bearer {settings.llm.api_key}"
+    attempts = settings.llm.retries + 1
     for attempt in range(1, attempts + 1):
         try:
             return await _complete(session, ctx, body, headers)
@@ -337,11 +337,11 @@ async def _ask(
             if attempt == attempts:
                 raise TaskFailed(
                     f"llm: {exc}; gave up after {attempts} attempt(s) "
-                    f"(FOUNDRY_LLM_RETRIES={settings.llm_retries})"
+                    f"(FOUNDRY_LLM_RETRIES={settings.llm.retries})"
                 ) from None
-            delay = _backoff(settings.llm_backoff, attempt, exc.retry_after)
-            log.warning("llm: %s; retry %d/%d in %.2fs", exc, attempt, settings.llm_retries, delay)
-            await ctx.progress(f"{exc}; retry {attempt} of {settings.llm_retries}")
+            delay = _backoff(settings.llm.backoff, attempt, exc.retry_after)
+            log.warning("llm: %s; retry %d/%d in %.2fs", exc, attempt, settings.llm.retries, delay)
+            await ctx.progress(f"{exc}; retry {attempt} of {settings.llm.retries}")
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -75,7 +75,7 @@ def _body(ctx: TaskContext) -> bytes:
 
 async def _deliver(session: aiohttp.ClientSession, ctx: TaskContext) -> dict[str, Any]:
     settings = ctx.settings
-    url = settings.deploy_webhook_url
+    url = settings.webhook.url
     if not url:
         raise TaskFailed(
             "webhook: FOUNDRY_DEPLOY_WEBHOOK_URL is not set; set it to the URL that should "
@@ -88,11 +88,11 @@ async def _deliver(session: aiohttp.ClientSession, ctx: TaskContext) -> dict[str
         "X-Foundry-Task-Id": ctx.task_id,
         "X-Foundry-Attempt": str(ctx.attempt),
     }
-    if settings.webhook_secret:
-        headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, body)
+    if settings.webhook.secret:
+        headers[SIGNATURE_HEADER] = sign(settings.webhook.secret, body)
     server = where(url)
     await ctx.progress(f"POST to {server}")
-    timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
+    timeout = aiohttp.ClientTimeout(total=settings.webhook.timeout)
     redirect = None
     try:
         async with session.post(
@@ -104,7 +104,7 @@ async def _deliver(session: aiohttp.ClientSession, ctx: TaskContext) -> dict[str
                 redirect = redirect_error(resp, server)
     except TimeoutError:
         raise TaskFailed(
-            f"webhook: no answer from {server} within {settings.webhook_timeout:g}s "
+            f"webhook: no answer from {server} within {settings.webhook.timeout:g}s "
             "(FOUNDRY_WEBHOOK_TIMEOUT)"
         ) from None
     except aiohttp.ClientError as exc:
