@@ -89,6 +89,8 @@ class Monitor:
         )
         for subject, cb in subscriptions:
             self._subs.append(await nc.subscribe(subject, cb=cb))
+        with contextlib.suppress(Exception):  # the server knows our interest before we serve
+            await nc.flush(timeout=2)
         spawn(self._loop(), self._tasks)
         log.info("monitor on %s: host samples on %s every %gs", self.hostname, self.subject,
                  self.settings.host_interval)  # fmt: skip
