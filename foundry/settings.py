@@ -26,9 +26,39 @@ _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 T = TypeVar("T")
 
 
-def parse_fleet(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, int]:
-    """Parse ``type=count,type=count`` into an ordered mapping."""
-    fleet: dict[str, int] = {}
+MAX_WORKERS_PER_TYPE = 256
+
+
+@dataclass(frozen=True)
+class FleetRange:
+    """How many workers of one type a healer runs: at least ``minimum``, at most ``maximum``."""
+
+    minimum: int
+    maximum: int
+
+    def __str__(self) -> str:  # the FOUNDRY_FLEET spelling: ``n`` or ``min..max``
+        if self.minimum == self.maximum:
+            return str(self.minimum)
+        return f"{self.minimum}..{self.maximum}"
+
+    @property
+    def scales(self) -> bool:
+        return self.maximum > self.minimum
+
+
+def _count(text: str, var: str, name: str) -> int:
+    try:
+        count = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{var}: count for {name!r} is not a whole number") from None
+    if count < 0 or count > MAX_WORKERS_PER_TYPE:
+        raise ConfigError(f"{var}: count for {name!r} must be between 0 and {MAX_WORKERS_PER_TYPE}")
+    return count
+
+
+def parse_fleet_ranges(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, FleetRange]:
+    """Parse ``type=count`` or ``type=min..max`` items into an ordered mapping of ranges."""
+    fleet: dict[str, FleetRange] = {}
     for raw in text.split(","):
         item = raw.strip()
         if not item:
@@ -36,23 +66,31 @@ def parse_fleet(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, int]:
         name, sep, count_text = item.partition("=")
         name = name.strip()
         if not sep:
-            raise ConfigError(f"{var}: {item!r} is not 'type=count' (example: {DEFAULT_FLEET})")
+            raise ConfigError(
+                f"{var}: {item!r} is not 'type=count' or 'type=min..max' (example: {DEFAULT_FLEET})"
+            )
         try:
             validate_agent_type(name)
         except InvalidAgentType as exc:
             raise ConfigError(f"{var}: {exc}") from None
-        try:
-            count = int(count_text.strip())
-        except ValueError:
-            raise ConfigError(f"{var}: count for {name!r} is not a whole number") from None
-        if count < 0 or count > 256:
-            raise ConfigError(f"{var}: count for {name!r} must be between 0 and 256")
+        low_text, dots, high_text = count_text.partition("..")
+        low = _count(low_text, var, name)
+        high = _count(high_text, var, name) if dots else low
+        if low > high:
+            raise ConfigError(
+                f"{var}: range for {name!r} has its minimum {low} above its maximum {high}"
+            )
         if name in fleet:
             raise ConfigError(f"{var}: agent type {name!r} is listed twice")
-        fleet[name] = count
+        fleet[name] = FleetRange(low, high)
     if not fleet:
         raise ConfigError(f"{var}: no agent types given (example: {DEFAULT_FLEET})")
     return fleet
+
+
+def parse_fleet(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, int]:
+    """Parse ``type=count,type=min..max`` into an ordered mapping of each type's minimum."""
+    return {name: r.minimum for name, r in parse_fleet_ranges(text, var).items()}
 
 
 def parse_bindings(text: str, var: str = "FOUNDRY_HANDLERS") -> dict[str, str]:
@@ -290,6 +328,9 @@ class Settings:
     healer_port: int = _opt("FOUNDRY_HEALER_PORT", _port, 8081)
     monitor_port: int = _opt("FOUNDRY_MONITOR_PORT", _port, 8082)
     fleet: dict[str, int] = _opt("FOUNDRY_FLEET", parse_fleet, None)
+    # FOUNDRY_FLEET read whole: each type's min..max (``fleet`` holds the minimums). It must
+    # follow ``fleet``: to_env writes the variable once per field, and the last one stands.
+    fleet_ranges: dict[str, FleetRange] = _opt("FOUNDRY_FLEET", parse_fleet_ranges, None)
     data_dir: Path = _opt("FOUNDRY_DATA_DIR", Path, Path(".foundry"))
     result_ttl: int = _opt("FOUNDRY_RESULT_TTL", _positive(int), 86400)
     ack_wait: float = _opt("FOUNDRY_ACK_WAIT", _positive(float, 0.5, strict=False), 10.0)
@@ -406,10 +447,29 @@ class Settings:
     tasks_max_bytes: int = _opt("FOUNDRY_TASKS_MAX_BYTES", _positive(_size), 1024**3)
     events_max_bytes: int = _opt("FOUNDRY_EVENTS_MAX_BYTES", _positive(_size), 256 * 1024**2)
     dead_max_bytes: int = _opt("FOUNDRY_DEAD_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    # Autoscaling between a type's min..max (healer.autoscale): pending tasks per live worker
+    # above FOUNDRY_SCALE_BACKLOG for FOUNDRY_SCALE_SAMPLES checks adds workers; a queue
+    # empty for FOUNDRY_SCALE_COOLDOWN seconds drains the idle surplus.
+    scale_backlog: float = _opt("FOUNDRY_SCALE_BACKLOG", _positive(float), 100.0)
+    scale_samples: int = _opt("FOUNDRY_SCALE_SAMPLES", _positive(int), 3)
+    scale_interval: float = _opt("FOUNDRY_SCALE_INTERVAL", _positive(float, 0.1, strict=False), 1.0)
+    scale_cooldown: float = _opt(
+        "FOUNDRY_SCALE_COOLDOWN", _positive(float, 0.0, strict=False), 30.0
+    )
 
     def __post_init__(self) -> None:
         if self.fleet is None:
-            object.__setattr__(self, "fleet", parse_fleet(DEFAULT_FLEET))
+            fleet = (
+                {t: r.minimum for t, r in self.fleet_ranges.items()}
+                if self.fleet_ranges is not None
+                else parse_fleet(DEFAULT_FLEET)
+            )
+            object.__setattr__(self, "fleet", fleet)
+        if self.fleet_ranges is None:
+            ranges = {t: FleetRange(n, n) for t, n in self.fleet.items()}
+            object.__setattr__(self, "fleet_ranges", ranges)
+        elif {t: r.minimum for t, r in self.fleet_ranges.items()} != self.fleet:
+            raise ConfigError("FOUNDRY_FLEET: fleet and fleet_ranges name different minimums")
         if self.handlers is None:
             object.__setattr__(self, "handlers", {})
         if self.nats_role_passwords is None:
@@ -422,9 +482,11 @@ class Settings:
         """Read settings from ``environ`` (default ``os.environ``); overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        # An override of a field wins over its variable for every field read from that variable.
+        overridden = {f.metadata["env"] for f in dataclasses.fields(cls) if f.name in overrides}
         for f in dataclasses.fields(cls):
             var = f.metadata["env"]
-            if f.name in overrides or var not in env:
+            if var in overridden or var not in env:
                 continue
             text = env[var].strip()
             try:
