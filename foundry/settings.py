@@ -14,14 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foundry.errors import ConfigError
 from foundry.handlersettings import ExecSettings, LlmSettings, WebhookSettings
 from foundry.names import Names
 
 # The parsers keep the short private names the field table below has always used.
 from foundry.settingsparse import (
     DEFAULT_FLEET,
+    MAX_WORKERS_PER_TYPE,
+    FleetRange,
     parse_bindings,
     parse_fleet,
+    parse_fleet_ranges,
     parse_role_secrets,
     read_fields,
     section,
@@ -49,13 +53,16 @@ from foundry.urls import redact_url, split_urls
 # Callers import these from here.
 __all__ = [
     "DEFAULT_FLEET",
+    "MAX_WORKERS_PER_TYPE",
     "ExecSettings",
+    "FleetRange",
     "LlmSettings",
     "Settings",
     "WebhookSettings",
     "local_gateway_url",
     "parse_bindings",
     "parse_fleet",
+    "parse_fleet_ranges",
     "parse_role_secrets",
     "redact_url",
     "split_urls",
@@ -98,6 +105,9 @@ class Settings:
     healer_port: int = _opt("FOUNDRY_HEALER_PORT", _port, 8081)
     monitor_port: int = _opt("FOUNDRY_MONITOR_PORT", _port, 8082)
     fleet: dict[str, int] = _opt("FOUNDRY_FLEET", parse_fleet, None)
+    # FOUNDRY_FLEET read whole: each type's min..max (``fleet`` holds the minimums). It must
+    # follow ``fleet``: to_env writes the variable once per field, and the last one stands.
+    fleet_ranges: dict[str, FleetRange] = _opt("FOUNDRY_FLEET", parse_fleet_ranges, None)
     data_dir: Path = _opt("FOUNDRY_DATA_DIR", Path, Path(".foundry"))
     result_ttl: int = _opt("FOUNDRY_RESULT_TTL", _positive(int), 86400)
     ack_wait: float = _opt("FOUNDRY_ACK_WAIT", _positive(float, 0.5, strict=False), 10.0)
@@ -179,10 +189,29 @@ class Settings:
     tasks_max_bytes: int = _opt("FOUNDRY_TASKS_MAX_BYTES", _positive(_size), 1024**3)
     events_max_bytes: int = _opt("FOUNDRY_EVENTS_MAX_BYTES", _positive(_size), 256 * 1024**2)
     dead_max_bytes: int = _opt("FOUNDRY_DEAD_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    # Autoscaling between a type's min..max (healer.autoscale): pending tasks per live worker
+    # above FOUNDRY_SCALE_BACKLOG for FOUNDRY_SCALE_SAMPLES checks adds workers; a queue
+    # empty for FOUNDRY_SCALE_COOLDOWN seconds drains the idle surplus.
+    scale_backlog: float = _opt("FOUNDRY_SCALE_BACKLOG", _positive(float), 100.0)
+    scale_samples: int = _opt("FOUNDRY_SCALE_SAMPLES", _positive(int), 3)
+    scale_interval: float = _opt("FOUNDRY_SCALE_INTERVAL", _positive(float, 0.1, strict=False), 1.0)
+    scale_cooldown: float = _opt(
+        "FOUNDRY_SCALE_COOLDOWN", _positive(float, 0.0, strict=False), 30.0
+    )
 
     def __post_init__(self) -> None:
         if self.fleet is None:
-            object.__setattr__(self, "fleet", parse_fleet(DEFAULT_FLEET))
+            fleet = (
+                {t: r.minimum for t, r in self.fleet_ranges.items()}
+                if self.fleet_ranges is not None
+                else parse_fleet(DEFAULT_FLEET)
+            )
+            object.__setattr__(self, "fleet", fleet)
+        if self.fleet_ranges is None:
+            ranges = {t: FleetRange(n, n) for t, n in self.fleet.items()}
+            object.__setattr__(self, "fleet_ranges", ranges)
+        elif {t: r.minimum for t, r in self.fleet_ranges.items()} != self.fleet:
+            raise ConfigError("FOUNDRY_FLEET: fleet and fleet_ranges name different minimums")
         if self.handlers is None:
             object.__setattr__(self, "handlers", {})
         if self.nats_role_passwords is None:

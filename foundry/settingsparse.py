@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -43,6 +44,12 @@ def read_fields(
 ) -> dict[str, Any]:
     """The constructor arguments of ``cls`` found in ``env``; ``overrides`` are not parsed."""
     values: dict[str, Any] = {}
+    # An override of a field wins over its variable for every field read from that variable.
+    overridden = {
+        f.metadata["env"]
+        for f in dataclasses.fields(cls)
+        if f.name in overrides and "env" in f.metadata
+    }
     for f in dataclasses.fields(cls):
         if f.name in overrides:
             continue
@@ -51,7 +58,7 @@ def read_fields(
             values[f.name] = part(**read_fields(part, env, {}))
             continue
         var = f.metadata["env"]
-        if var not in env:
+        if var not in env or var in overridden:
             continue
         text = env[var].strip()
         try:
@@ -86,9 +93,39 @@ def write_fields(obj: Any) -> dict[str, str]:
     return out
 
 
-def parse_fleet(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, int]:
-    """Parse ``type=count,type=count`` into an ordered mapping."""
-    fleet: dict[str, int] = {}
+MAX_WORKERS_PER_TYPE = 256
+
+
+@dataclass(frozen=True)
+class FleetRange:
+    """How many workers of one type a healer runs: at least ``minimum``, at most ``maximum``."""
+
+    minimum: int
+    maximum: int
+
+    def __str__(self) -> str:  # the FOUNDRY_FLEET spelling: ``n`` or ``min..max``
+        if self.minimum == self.maximum:
+            return str(self.minimum)
+        return f"{self.minimum}..{self.maximum}"
+
+    @property
+    def scales(self) -> bool:
+        return self.maximum > self.minimum
+
+
+def _count(text: str, var: str, name: str) -> int:
+    try:
+        count = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{var}: count for {name!r} is not a whole number") from None
+    if count < 0 or count > MAX_WORKERS_PER_TYPE:
+        raise ConfigError(f"{var}: count for {name!r} must be between 0 and {MAX_WORKERS_PER_TYPE}")
+    return count
+
+
+def parse_fleet_ranges(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, FleetRange]:
+    """Parse ``type=count`` or ``type=min..max`` items into an ordered mapping of ranges."""
+    fleet: dict[str, FleetRange] = {}
     for raw in text.split(","):
         item = raw.strip()
         if not item:
@@ -96,23 +133,31 @@ def parse_fleet(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, int]:
         name, sep, count_text = item.partition("=")
         name = name.strip()
         if not sep:
-            raise ConfigError(f"{var}: {item!r} is not 'type=count' (example: {DEFAULT_FLEET})")
+            raise ConfigError(
+                f"{var}: {item!r} is not 'type=count' or 'type=min..max' (example: {DEFAULT_FLEET})"
+            )
         try:
             validate_agent_type(name)
         except InvalidAgentType as exc:
             raise ConfigError(f"{var}: {exc}") from None
-        try:
-            count = int(count_text.strip())
-        except ValueError:
-            raise ConfigError(f"{var}: count for {name!r} is not a whole number") from None
-        if count < 0 or count > 256:
-            raise ConfigError(f"{var}: count for {name!r} must be between 0 and 256")
+        low_text, dots, high_text = count_text.partition("..")
+        low = _count(low_text, var, name)
+        high = _count(high_text, var, name) if dots else low
+        if low > high:
+            raise ConfigError(
+                f"{var}: range for {name!r} has its minimum {low} above its maximum {high}"
+            )
         if name in fleet:
             raise ConfigError(f"{var}: agent type {name!r} is listed twice")
-        fleet[name] = count
+        fleet[name] = FleetRange(low, high)
     if not fleet:
         raise ConfigError(f"{var}: no agent types given (example: {DEFAULT_FLEET})")
     return fleet
+
+
+def parse_fleet(text: str, var: str = "FOUNDRY_FLEET") -> dict[str, int]:
+    """Parse ``type=count,type=min..max`` into an ordered mapping of each type's minimum."""
+    return {name: r.minimum for name, r in parse_fleet_ranges(text, var).items()}
 
 
 def parse_bindings(text: str, var: str = "FOUNDRY_HANDLERS") -> dict[str, str]:

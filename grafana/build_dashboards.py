@@ -184,6 +184,12 @@ def overview() -> list[Panel]:
                ("max(foundry_host_swap_usage_ratio)", "swap used")),
         series("Worker memory", ("max by (worker) (foundry_worker_rss_bytes)", "{{worker}}"),
                unit="bytes"),
+        series("Fleet size by type",
+               ("sum by (agent_type) (foundry_healer_fleet_target)", "{{agent_type}} target"),
+               ('sum by (agent_type) (foundry_workers{state!="silent"})', "{{agent_type}} live"),
+               ("sum by (agent_type) (foundry_healer_fleet_max)", "{{agent_type}} max"), w=24,
+               description="Workers each type runs (the healers' targets, which the autoscaler "
+                           "moves between FOUNDRY_FLEET's min..max), beside those heard from."),
     ]  # fmt: skip
 
 

@@ -85,21 +85,41 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
         role = {"gateway": GATEWAY, "monitor": MONITOR}[service]
         add(service, SlotKind.SERVICE, [sys.executable, "-m", service], role=role)
     for agent_type, count in settings.fleet.items():
-        for index in range(count):
-            name = f"{agent_type}-{index}"
-            command = [
-                sys.executable,
-                "-m",
-                "workers",
-                "--type",
-                agent_type,
-                "--worker-id",
-                name,
-                "--slot",
-                str(index),
-            ]
-            add(name, SlotKind.WORKER, command, agent_type, index, role=worker_role(agent_type))
+        slots.extend(worker_slot(settings, agent_type, index) for index in range(count))
     return slots
+
+
+def worker_slot(settings: Settings, agent_type: str, index: int) -> Slot:
+    """The worker slot ``<type>-<index>``: the same command and environment for every index,
+    whether the fleet starts with it or the autoscaler adds it."""
+    name = f"{agent_type}-{index}"
+    command = [
+        sys.executable,
+        "-m",
+        "workers",
+        "--type",
+        agent_type,
+        "--worker-id",
+        name,
+        "--slot",
+        str(index),
+    ]
+    env = {
+        **env_for(settings, SlotKind.WORKER, agent_type, os.environ),
+        **role_env(settings, worker_role(agent_type)),
+    }
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return Slot(name, SlotKind.WORKER, command, agent_type, index, env, logs / f"{name}.log")
+
+
+def scalable_names(settings: Settings) -> list[str]:
+    """Worker slots the autoscaler may add (beyond each type's minimum), by name."""
+    return [
+        f"{agent_type}-{index}"
+        for agent_type, bounds in settings.fleet_ranges.items()
+        for index in range(bounds.minimum, bounds.maximum)
+    ]
 
 
 def run_dir(settings: Settings) -> Path:

@@ -1,8 +1,9 @@
-"""The healer's own /metrics: slot states (read at scrape time), decisions, rejected messages."""
+"""The healer's own /metrics: slot states and fleet targets (read at scrape time), decisions,
+rejected messages."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -12,11 +13,17 @@ from foundry.rejections import REJECTIONS
 from healer.events import Emitter
 from healer.supervisor import Supervisor
 
+# agent type → (minimum, target, maximum) worker count
+FleetTargets = Callable[[], Mapping[str, tuple[int, int, int]]]
+
 
 class SlotCollector(Collector):
-    def __init__(self, supervisor: Supervisor, emitter: Emitter) -> None:
+    def __init__(
+        self, supervisor: Supervisor, emitter: Emitter, targets: FleetTargets | None = None
+    ) -> None:
         self.supervisor = supervisor
         self.emitter = emitter
+        self.targets = targets
 
     def collect(self) -> Iterator[Metric]:
         slots = GaugeMetricFamily(
@@ -51,10 +58,29 @@ class SlotCollector(Collector):
         for (action, reason), n in sorted(self.emitter.counts.items()):
             decisions.add_metric([action.value, reason[:40]], n)
         yield decisions
+        if self.targets is not None:
+            yield from _fleet(self.targets())
 
 
-def healer_registry(supervisor: Supervisor, emitter: Emitter) -> CollectorRegistry:
+def _fleet(targets: Mapping[str, tuple[int, int, int]]) -> Iterator[Metric]:
+    families = [
+        GaugeMetricFamily(f"foundry_healer_fleet_{what}", doc, labels=["agent_type"])
+        for what, doc in (
+            ("min", "Fewest workers of the type this healer runs (FOUNDRY_FLEET)."),
+            ("target", "Workers of the type this healer runs now (the autoscaler's target)."),
+            ("max", "Most workers of the type this healer may run (FOUNDRY_FLEET)."),
+        )
+    ]
+    for agent_type, figures in sorted(targets.items()):
+        for family, value in zip(families, figures, strict=True):
+            family.add_metric([agent_type], value)
+    yield from families
+
+
+def healer_registry(
+    supervisor: Supervisor, emitter: Emitter, targets: FleetTargets | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(SlotCollector(supervisor, emitter))
+    registry.register(SlotCollector(supervisor, emitter, targets))
     registry.register(REJECTIONS)
     return registry

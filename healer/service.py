@@ -1,4 +1,5 @@
-"""The healer service: wires supervisor, liveness, watch, dead letters, control and HTTP."""
+"""The healer service: wires supervisor, liveness, watch, dead letters, control, autoscaling
+and HTTP."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ import socket
 import time
 from typing import Any
 
+import psutil
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from foundry.connect import connect_nats, connect_redis
-from foundry.contracts import ControlVerb, HostSample, SlotKind, SlotState
+from foundry.contracts import (
+    ControlVerb,
+    HealAction,
+    Heartbeat,
+    HostSample,
+    SlotKind,
+    SlotState,
+    WorkerState,
+)
 from foundry.provision import provision
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
@@ -23,15 +33,17 @@ from foundry.settings import Settings
 from foundry.store import TaskStore
 from healer import httpapp
 from healer.actuator import HealerActuator
+from healer.autoscale import Autoscaler, Decision, ScaleConfig, Step, TypeView
+from healer.autoscale import HostView as ScaleHost
 from healer.control import ControlServer
 from healer.deadletter import DeadLetters
 from healer.events import Emitter
-from healer.fleet import build_slots, run_dir
+from healer.fleet import build_slots, run_dir, scalable_names, worker_slot
 from healer.liveness import Liveness
 from healer.metrics import healer_registry
 from healer.operations import Operations
 from healer.remediation import HostView, Remediator, default_policies
-from healer.slots import RestartPolicy
+from healer.slots import RestartPolicy, Slot
 from healer.supervisor import Supervisor
 from healer.unserved import UnservedTypes
 from healer.watch import KILL_GRACE, Watch
@@ -81,6 +93,8 @@ class HealerService:
             self.remediator,
             lambda: self.host_sample.to_json() if self.host_sample else None,
         )
+        self.autoscaler = Autoscaler(settings.fleet_ranges, ScaleConfig.from_settings(settings))
+        self._consumer_errors: set[str] = set()  # types whose consumer info last failed
         self.control = ControlServer(self.names)
         self.control.route(ControlVerb.STATUS, self.operations.status)
         self.control.route(ControlVerb.HEAL, self.operations.heal)
@@ -99,7 +113,7 @@ class HealerService:
     # ---- start / stop ----------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         sup = self.supervisor
-        replaced = await asyncio.to_thread(sup.replace_leftovers)
+        replaced = await asyncio.to_thread(sup.replace_leftovers, scalable_names(self.settings))
         if replaced:
             log.warning("replaced %d process(es) left by an earlier healer", len(replaced))
         for slot in sup.by_kind(SlotKind.SERVER):
@@ -124,7 +138,8 @@ class HealerService:
         await self.liveness.start(self.nc)
         await self.control.start(self.nc)
         await self.nc.subscribe(self.names.host(self.host_name), cb=self._on_host_sample)
-        app = httpapp.create_app(sup, healer_registry(sup, self.emit), self._nats_ok)
+        registry = healer_registry(sup, self.emit, self.fleet_targets)
+        app = httpapp.create_app(sup, registry, self._nats_ok)
         runner, self.http_port = await httpapp.serve(
             app, self.settings.gateway_host, self.settings.healer_port
         )
@@ -135,7 +150,10 @@ class HealerService:
         unserved = UnservedTypes(
             self.nc.jetstream(), self.names, deadletters, self.settings.unserved_grace
         )
-        for loop in (self.watch.run(), self._remediate(), unserved.run()):
+        loops = [self.watch.run(), self._remediate(), unserved.run()]
+        if self.autoscaler.ranges:
+            loops.append(self._autoscale())
+        for loop in loops:
             spawn(loop, self._tasks)
         await stop.wait()
         log.info("stopping: draining the fleet")
@@ -187,3 +205,117 @@ class HealerService:
             with contextlib.suppress(Exception):
                 redis_ok = bool(await asyncio.wait_for(self.redis.ping(), 1.0))
         return HostView(sample, beats, nats_ok=self._nats_ok(), redis_ok=redis_ok)
+
+    # ---- autoscaling -----------------------------------------------------------------
+    async def _autoscale(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.scale_interval)
+            try:
+                await self.scale_once()
+            except Exception:
+                log.exception("autoscale check failed")
+
+    async def scale_once(self) -> list[Decision]:
+        """One check of every type with a range: figures in, decisions carried out."""
+        if self.nc is None or self.supervisor.shutting_down:
+            return []
+        js = self.nc.jetstream()
+        views = []
+        for agent_type in self.autoscaler.ranges:
+            pending = await self._pending(js, agent_type)
+            if pending is not None:
+                views.append(self._type_view(agent_type, pending))
+        decisions = self.autoscaler.decide(views, self._scale_host())
+        for decision in decisions:
+            await self._carry_out(decision)
+        return decisions
+
+    async def _pending(self, js: Any, agent_type: str) -> int | None:
+        consumer = self.names.consumer(agent_type)
+        try:
+            info = await asyncio.wait_for(js.consumer_info(self.names.tasks_stream, consumer), 2.0)
+        except Exception as exc:
+            if agent_type not in self._consumer_errors:
+                log.warning("autoscale: no consumer info for %s: %r", consumer, exc)
+                self._consumer_errors.add(agent_type)
+            return None
+        self._consumer_errors.discard(agent_type)
+        return int(info.num_pending or 0)
+
+    def _type_slots(self, agent_type: str) -> list[Slot]:
+        sup = self.supervisor
+        return [
+            s
+            for s in sup.by_kind(SlotKind.WORKER)
+            if s.agent_type == agent_type and s.name not in sup.retiring
+        ]
+
+    def _type_view(self, agent_type: str, pending: int) -> TypeView:
+        slots = self._type_slots(agent_type)
+        beats: list[Heartbeat] = []
+        idle: list[Slot] = []
+        for slot in slots:
+            beat = self.liveness.last(slot)
+            if slot.state is not SlotState.RUNNING or beat is None:
+                continue
+            if self.liveness.silent_for(slot) is not None:
+                continue
+            beats.append(beat)
+            if beat.state is WorkerState.IDLE and not beat.in_flight:
+                idle.append(slot)
+        idle.sort(key=lambda s: s.index or 0, reverse=True)
+        return TypeView(
+            agent_type,
+            pending,
+            target=len(slots),
+            live=len(beats),
+            starting=sum(1 for s in slots if s.state is SlotState.STARTING),
+            idle=tuple(s.name for s in idle),
+            worker_cpu_percent=sum(b.cpu_percent for b in beats) / len(beats) if beats else 0.0,
+            worker_rss_bytes=sum(b.rss_bytes for b in beats) // len(beats) if beats else 0,
+        )
+
+    def _scale_host(self) -> ScaleHost:
+        sample = self.host_sample
+        if sample is None or time.time() - sample.at > self.settings.host_interval * 3:
+            return ScaleHost(None, None)
+        return ScaleHost(
+            sample.cpu_percent,
+            sample.memory_percent,
+            psutil.cpu_count() or 1,
+            psutil.virtual_memory().total,
+        )
+
+    async def _carry_out(self, decision: Decision) -> None:
+        sup = self.supervisor
+        added: list[str] = []
+        if decision.step is Step.UP:
+            taken = {s.name for s in sup.slots.values()}
+            index = 0
+            for _ in range(decision.to_count - decision.from_count):
+                while f"{decision.agent_type}-{index}" in taken:
+                    index += 1
+                slot = worker_slot(self.settings, decision.agent_type, index)
+                taken.add(slot.name)
+                await sup.grow(slot)
+                added.append(slot.name)
+        elif decision.step is Step.DOWN:
+            grace = self.settings.drain_timeout + 2.0
+            for name in decision.retire:
+                surplus = sup.slots.get(name)
+                if surplus is not None:
+                    spawn(sup.retire(surplus, grace), self._tasks)
+        await self.emit(
+            HealAction.SCALE,
+            agent_type=decision.agent_type,
+            reason=decision.reason,
+            added=added,
+            **decision.details(),
+        )
+
+    def fleet_targets(self) -> dict[str, tuple[int, int, int]]:
+        """Per type: (minimum, worker slots now, maximum), for /metrics."""
+        return {
+            agent_type: (bounds.minimum, len(self._type_slots(agent_type)), bounds.maximum)
+            for agent_type, bounds in self.settings.fleet_ranges.items()
+        }

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class Supervisor:
         self.slots: dict[str, Slot] = {}
         self.on_death: DeathHook | None = None
         self.shutting_down = False
+        self.retiring: set[str] = set()  # worker slots being drained for good
         self._tasks: set[asyncio.Task[Any]] = set()
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -73,16 +74,18 @@ class Supervisor:
     def _pidfile(self, slot: Slot) -> Path:
         return self.run_dir / f"{slot.name}.json"
 
-    def replace_leftovers(self) -> list[int]:
-        """Stop processes an earlier healer left running for our slots (verified by start time)."""
+    def replace_leftovers(self, extra: Iterable[str] = ()) -> list[int]:
+        """Stop processes an earlier healer left running for our slots (verified by start time),
+        and for the ``extra`` slot names it may have run (workers it had scaled out)."""
         stopped = []
-        for slot in self.slots.values():
-            path = self._pidfile(slot)
+        names = [*self.slots, *(name for name in extra if name not in self.slots)]
+        for name in names:
+            path = self.run_dir / f"{name}.json"
             if not path.exists():
                 continue
             proc = recorded_process(path)
             if proc is not None:
-                log.warning("replacing %s left by an earlier healer (pid %d)", slot.name, proc.pid)
+                log.warning("replacing %s left by an earlier healer (pid %d)", name, proc.pid)
                 with contextlib.suppress(psutil.Error):
                     proc.terminate()
                     try:
@@ -252,6 +255,40 @@ class Supervisor:
         if waiter is not None:  # let the exit handler finish (events, relaunch scheduling)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(waiter), 5)
+
+    # ---- scaling ---------------------------------------------------------------------
+    async def grow(self, slot: Slot) -> None:
+        """Add a worker slot the fleet did not start with, and launch it."""
+        if slot.name in self.slots:
+            raise ValueError(f"slot {slot.name} exists already")
+        self.add(slot)
+        await self.launch(slot)
+
+    async def retire(self, slot: Slot, grace: float) -> bool:
+        """Drain a running worker slot like a shutdown of that slot, then remove it for good.
+
+        SIGTERM lets it finish what it holds (SIGKILL after ``grace``); it is never
+        relaunched. False when the slot is not a running worker or the healer is stopping.
+        """
+        if (
+            not slot.is_worker
+            or slot.state is not SlotState.RUNNING
+            or self.shutting_down
+            or slot.name in self.retiring
+        ):
+            return False
+        self.retiring.add(slot.name)
+        try:
+            await self.terminate(slot, StopReason.STOP, grace)
+        finally:
+            self.retiring.discard(slot.name)
+        if slot.proc is not None and slot.proc.returncode is None:
+            return False  # still running (it cannot be: terminate kills it); keep the slot
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+        self._pidfile(slot).unlink(missing_ok=True)
+        log.info("%s retired (pid %s)", slot.name, slot.pid)
+        return True
 
     async def release(self, slot: Slot) -> bool:
         if slot.state is not SlotState.QUARANTINED:

@@ -38,6 +38,7 @@ STATES = (*(v for v in values(WorkerState) if v != WorkerState.STOPPED), SILENT)
 _NBUCKETS = len(TASK_SECONDS_BOUNDS) + 1
 _LE = [f"{b:g}" for b in TASK_SECONDS_BOUNDS] + ["+Inf"]
 _KEEP_FINISHED = 1024  # finished processes remembered one by one (older ones are folded)
+MAX_DESIRED = 256  # FOUNDRY_FLEET's largest count
 
 
 @dataclass
@@ -102,6 +103,11 @@ class ClusterExporter(Collector):
         if seen is not None and beat.state is not WorkerState.STOPPED:
             # A process forgotten for silence that speaks again is live again, not finished.
             self._finished.pop(seen.incarnation, None)
+
+    def set_desired(self, agent_type: str, count: int) -> None:
+        """This host's healer changed a type's worker count (a ``heal.scale`` event)."""
+        if self.types.admit(agent_type) is not None and 0 <= count <= MAX_DESIRED:
+            self.fleet[agent_type] = count
 
     def _retire(self, seen: Seen) -> None:
         self._finished[seen.incarnation] = (seen.beat.agent_type, Totals.of(seen.beat))
@@ -171,7 +177,8 @@ class ClusterExporter(Collector):
         for (agent_type, state), n in counts.items():
             workers.add_metric([agent_type, state], n)
         desired = GaugeMetricFamily(
-            "foundry_workers_desired", "Worker processes the fleet asks for, by agent type.",
+            "foundry_workers_desired", "Worker processes this host's healer runs now, by agent "
+            "type (FOUNDRY_FLEET's minimum until the autoscaler changes it).",
             labels=["agent_type"],
         )  # fmt: skip
         for agent_type in self.types.known:

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from foundry.connect import connect_nats, redis_client
-from foundry.contracts import HealEvent, Heartbeat, HostSample
+from foundry.contracts import HealAction, HealEvent, Heartbeat, HostSample
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.settings import Settings
@@ -146,6 +146,10 @@ class Monitor:
         event = REJECTIONS.parse(lambda: HealEvent.from_payload(msg.data), msg.subject)
         if event is not None:
             self.events.on_heal_event(event)
+            if event.action is HealAction.SCALE and event.host == self.hostname:
+                to_count = event.number("to_count")
+                if event.agent_type is not None and to_count is not None:
+                    self.exporter.set_desired(event.agent_type, int(to_count))
 
     # ---- health ----------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:

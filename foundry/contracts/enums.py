@@ -92,6 +92,7 @@ class HealAction(StrEnum):
     REMEDIATE = "remediate"
     SILENT_FOREIGN = "silent_foreign"
     AUDIT = "audit"
+    SCALE = "scale"  # a type's worker count changed with its backlog, or could not
 
 
 class DeadLetterAction(StrEnum):
