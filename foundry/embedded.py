@@ -77,15 +77,21 @@ def redis_data_dir(settings: Settings) -> Path:
 
 
 def redis_config(
-    port: int, data_dir: Path, password: str, key_prefix: str = "foundry", persist: bool = True
+    port: int,
+    data_dir: Path,
+    password: str,
+    key_prefix: str = "foundry",
+    persist: bool = True,
+    bind: str = "127.0.0.1",
 ) -> str:
-    """redis-server's config: loopback, one ACL user for the cluster, the default user off.
+    """redis-server's config: listening on ``bind`` (loopback unless told), one ACL user
+    for the cluster, the default user off.
 
     The user may touch only keys under ``key_prefix`` and no admin or dangerous
     command (CONFIG, FLUSHALL, KEYS, DEBUG, SHUTDOWN …).
     """
     lines = [
-        "bind 127.0.0.1",
+        f"bind {bind}",
         f"port {port}",
         f'dir "{data_dir}"',
         "daemonize no",

@@ -228,14 +228,16 @@ def server_config(
     http_port: int = 0,
     max_payload: int = 0,
     tls: TlsFiles | None = None,
+    host: str = "127.0.0.1",
 ) -> str:
-    """nats-server's config: loopback listener, JetStream store, users; nobody anonymous.
+    """nats-server's config: a listener on ``host`` (loopback unless told), JetStream store,
+    users; nobody anonymous. The HTTP monitoring port, when given, listens on ``host`` too.
 
     Written as JSON, which nats-server's config syntax accepts, so every value is
     quoted exactly once and no password can be read as a variable or an include.
     """
     config: dict[str, object] = {
-        "listen": f"127.0.0.1:{port}",
+        "listen": f"{host}:{port}",
         "jetstream": {"store_dir": str(store_dir)},
         "authorization": {
             "users": [
@@ -245,7 +247,7 @@ def server_config(
         },
     }
     if http_port:
-        config["http"] = f"127.0.0.1:{http_port}"
+        config["http"] = f"{host}:{http_port}"
     if max_payload:
         config["max_payload"] = max_payload
     if tls is not None:
