@@ -74,7 +74,7 @@ UNTIL = Param(
     "until",
     "query",
     {"type": "number", "minimum": 0, "maximum": TIME_MAX},
-    "Only dead letters stored at or before this Unix time (seconds)",
+    "Only dead letters stored at or before this Unix time (seconds; before since: none)",
 )
 FILTER_PARAMS = (AGENT_TYPE, REASON, SINCE, UNTIL)
 
@@ -99,8 +99,6 @@ class Filters:
             raise bad_request(f"reason must be 1-{REASON_MAX} characters", REASON.name)
         since = SINCE.number(request) if SINCE.name in query else None
         until = UNTIL.number(request) if UNTIL.name in query else None
-        if since is not None and until is not None and until < since:
-            raise bad_request(f"until ({until:g}) is before since ({since:g})", UNTIL.name)
         return cls(agent_type, reason, since, until)
 
     def matches(self, found: Found) -> bool:
