@@ -274,3 +274,22 @@ async def test_a_dead_task_runs_again_once_fixed_through_the_cli(
             return replayed in text and cancelled in text
 
         await eventually(counted, 10, interval=0.2)
+
+
+async def test_replays_racing_for_one_letter_make_one_task(
+    gateway: Gateway, nc: NATS, settings: Settings
+) -> None:
+    # Given one dead letter
+    await put_letter(nc, settings, "race-1", "coder", DELIVERED, '{"description": "r"}')
+    # When five replays of it arrive at once, beside two bulk replays
+    single = [call(gateway, "POST", "/api/cluster/dead/race-1/replay") for _ in range(5)]
+    bulk = [call(gateway, "POST", "/api/cluster/dead/replay") for _ in range(2)]
+    answers = await asyncio.gather(*single, *bulk)
+    # Then exactly one of them published it, and every refusal names that task
+    made = [b["new_task_id"] for s, b in answers[:5] if s == 202]
+    made += [letter["new_task_id"] for _, b in answers[5:] for letter in b["letters"]]
+    assert made == ["race-1.replay-1"], answers
+    refused = [b for s, b in answers[:5] if s == 409]
+    assert all(b["new_task_id"] == "race-1.replay-1" for b in refused), refused
+    info = await nc.jetstream().stream_info(settings.names.tasks_stream)
+    assert info.state.messages == 1
