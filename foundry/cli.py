@@ -1,4 +1,5 @@
-"""The ``foundry`` command: ``up`` (embedded all-in-one), ``status``, ``submit``, ``heal``.
+"""The ``foundry`` command: ``up`` (embedded all-in-one), ``status``, ``submit``, ``heal``,
+``cancel``, ``dead`` (list dead letters) and ``replay``.
 
 ``foundry up`` uses nats-server / redis-server already answering at
 FOUNDRY_NATS_URL / FOUNDRY_REDIS_URL, else starts embedded ones (data under
@@ -21,7 +22,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from foundry import embedded as embedded_mod
 from foundry.embedded import prepare as prepare_embedded
@@ -204,6 +205,59 @@ def cmd_heal(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    task_id = quote(args.task_id, safe="")
+    out = _http(settings, "POST", f"/api/cluster/task/{task_id}/cancel")
+    print(f"{out['task_id']}: {out['status']}{' (already)' if out.get('already') else ''}")
+    return 0
+
+
+def _filters(args: argparse.Namespace) -> dict[str, str]:
+    pairs = {"agent_type": args.type, "reason": args.reason}
+    return {k: v for k, v in pairs.items() if v}
+
+
+def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
+    query = urlencode({**_filters(args), "limit": args.limit})
+    out = _http(settings, "GET", f"/api/cluster/dead?{query}")
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    cols = ("task_id", "agent_type", "action", "dead_at", "replayed_as", "reason")
+    rows = [
+        [str(d[c]) if c != "dead_at" else time.strftime("%Y-%m-%d %H:%M:%S",
+                                                         time.localtime(d[c]))
+         for c in cols]
+        for d in out["dead_letters"]
+    ]  # fmt: skip
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    more = " (scan truncated)" if out["truncated"] else ""
+    print(f"{out['count']} shown of {out['total']} matching{more}")
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    if args.task_id and (args.all or args.type or args.reason or args.dry_run):
+        raise SystemExit("foundry: replay takes a task id, or --all with filters; not both")
+    if args.task_id:
+        one = _http(settings, "POST", f"/api/cluster/dead/{quote(args.task_id, safe='')}/replay")
+        print(f"{one['task_id']} replayed as {one['new_task_id']}")
+        return 0
+    if not args.all:
+        raise SystemExit("foundry: replay needs a task id, or --all (with --type/--reason)")
+    query = urlencode({**_filters(args), **({"dry_run": 1} if args.dry_run else {})})
+    out = _http(settings, "POST", f"/api/cluster/dead/replay?{query}", timeout=60)
+    for letter in out["letters"]:
+        print(f"{letter['task_id']} -> {letter.get('new_task_id', '(dry run)')}")
+    verb = "would replay" if out["dry_run"] else "replayed"
+    tail = "; more match: run it again" if out["more"] else ""
+    print(f"{verb} {out['count']}; {out['already_replayed']} replayed before{tail}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="foundry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -225,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(func=cmd_submit)
     heal = sub.add_parser("heal", help="relaunch anything dead or silent now")
     heal.set_defaults(func=cmd_heal)
+    cancel = sub.add_parser("cancel", help="cancel a task (queued: at once; running: stopped)")
+    cancel.add_argument("task_id")
+    cancel.set_defaults(func=cmd_cancel)
+    dead = sub.add_parser("dead", help="list dead letters, newest first")
+    replay = sub.add_parser("replay", help="run dead letters again as <task_id>.replay-<n>")
+    replay.add_argument("task_id", nargs="?", help="the dead task to replay")
+    replay.add_argument("--all", action="store_true", help="every matching letter not replayed")
+    replay.add_argument("--dry-run", action="store_true", help="count them, change nothing")
+    for p in (dead, replay):
+        p.add_argument("--type", help="only this agent type")
+        p.add_argument("--reason", help="only letters whose reason contains this text")
+    dead.add_argument("--limit", type=int, default=50)
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(func=cmd_dead)
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 

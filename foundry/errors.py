@@ -52,3 +52,12 @@ class ProvisioningError(FoundryError):
 
 class ServerStartError(FoundryError):
     """An embedded nats-server or redis-server did not start."""
+
+
+class AlreadyReplayed(FoundryError):
+    """A dead letter was replayed before, as ``new_task_id``."""
+
+    def __init__(self, task_id: str, new_task_id: str) -> None:
+        super().__init__(f"dead letter {task_id!r} was already replayed as {new_task_id!r}")
+        self.task_id = task_id
+        self.new_task_id = new_task_id

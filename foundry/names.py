@@ -110,3 +110,11 @@ class Names:
 
     def result_key(self, task_id: str) -> str:
         return f"{self.key_prefix}:result:{task_id}"
+
+    def replay_marker_key(self, task_id: str) -> str:
+        """Hash of a dead task id's replayed letters: AGENT_DEAD sequence → new task id."""
+        return f"{self.key_prefix}:replayed:{task_id}"
+
+    def replay_counter_key(self, stem: str) -> str:
+        """The last replay number used for ids ``<stem>.replay-<n>``."""
+        return f"{self.key_prefix}:replays:{stem}"

@@ -98,6 +98,18 @@ def _consumer_create(stream: str, consumer: str) -> list[str]:
     ]
 
 
+def _short_read(stream: str) -> list[str]:
+    """An ephemeral consumer that reads ``stream`` once: create, fetch, info, delete."""
+    return [
+        f"{API}.CONSUMER.CREATE.{stream}",
+        f"{API}.CONSUMER.CREATE.{stream}.*",
+        f"{API}.CONSUMER.CREATE.{stream}.*.>",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"{API}.CONSUMER.INFO.{stream}.*",
+        f"{API}.CONSUMER.DELETE.{stream}.*",
+    ]
+
+
 def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Permissions:
     """The allow-lists of ``role`` in this namespace (the healer provisions ``agent_types``)."""
     inbox = f"{inbox_prefix(names, role)}.>"
@@ -158,6 +170,8 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 f"{API}.CONSUMER.MSG.NEXT.{events}.*",
                 f"{API}.CONSUMER.INFO.{events}.*",
                 f"{API}.CONSUMER.DELETE.{events}.*",
+                # dead letters: listed and replayed through the same kind of short-lived read
+                *_short_read(names.dead_stream),
             ],
             subscribe=[inbox, _all(names, "heartbeat"), _all(names, "events")],
         )

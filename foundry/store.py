@@ -116,6 +116,9 @@ class TaskRecord:
     submitted_at: float | None
     started_at: float | None
     finished_at: float | None
+    # lineage of a replayed dead letter (foundry.replays)
+    replay_of: str | None = None
+    replayed_as: str | None = None
 
     @property
     def final(self) -> bool:
@@ -137,6 +140,8 @@ class TaskRecord:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_seconds": duration,
+            "replay_of": self.replay_of,
+            "replayed_as": self.replayed_as,
         }
 
 
@@ -258,4 +263,6 @@ class TaskStore:
             submitted_at=_f(raw, "submitted_at"),
             started_at=_f(raw, "started_at"),
             finished_at=_f(raw, "finished_at"),
+            replay_of=_s(raw, "replay_of"),
+            replayed_as=_s(raw, "replayed_as"),
         )

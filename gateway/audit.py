@@ -1,4 +1,4 @@
-"""Audit of operator actions: each heal or release names the token that asked for it.
+"""Audit of operator actions: each heal, release, cancel or replay names the token that asked.
 
 The record is logged and published as a ``heal.audit`` event on
 ``agents.events.heal.audit``, where the AGENT_EVENTS stream keeps it beside the
@@ -24,6 +24,13 @@ from gateway.spec import Handler
 
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
+# What a handler adds to its own audit record (a new task id, a count, the filters used).
+AUDIT_FIELDS: web.RequestKey[dict[str, Any]] = web.RequestKey("audit_fields")
+
+
+def note(request: web.Request, **fields: Any) -> None:
+    """Add ``fields`` to the audit record of this request."""
+    request.setdefault(AUDIT_FIELDS, {}).update(fields)
 
 
 async def record(request: web.Request, action: str, status: int, **fields: Any) -> None:
@@ -67,7 +74,7 @@ def audited(action: str, *match: str) -> Callable[[Handler], Handler]:
                     fields["error"] = exc.detail
                 raise
             finally:
-                await record(request, action, status, **fields)
+                await record(request, action, status, **{**fields, **request.get(AUDIT_FIELDS, {})})
 
         return run
 

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 class ApiError(web.HTTPException):
     """An error response with a JSON body ``{"error", "message", "field"?, ...}``."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+    # positional-only, so the body may carry a "status" of its own (a task's, say)
+    def __init__(self, status: int, code: str, message: str, /, **extra: object) -> None:
         self.status_code = status
         self.code, self.detail, self.extra = code, message, extra
         body = {"error": code, "message": message, **extra}

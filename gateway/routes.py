@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from foundry.apitokens import METRICS, OPERATE, READ, SUBMIT
-from gateway import cluster, heal, tasks
+from gateway import cluster, control_routes, deadletters, heal, replay, tasks
 from gateway.jsonio import json_response
 from gateway.keys import OPENAPI
 from gateway.metrics import metrics_view
@@ -62,6 +62,32 @@ ROUTES: tuple[Route, ...] = (
           "Status and result of a task; ?wait=seconds long-polls until it is final",
           (Answer(200, "The task", ref("Task")), *errors(400, 404, 503)),
           params=(tasks.TASK_ID, tasks.WAIT)),
+    Route("POST", "/api/cluster/task/{task_id}/cancel", control_routes.cancel, OPERATE,
+          "cancelTask",
+          "Cancel a task: at once if it has not started, else its worker stops it (audited)",
+          (Answer(202, "Cancelled, or being stopped", ref("Cancelled")),
+           *errors(400, 404, 409, 415, 502, 503)),
+          params=(control_routes.TASK_ID,),
+          description="409 when the task already completed, failed or died (the answer "
+                      "names its status); cancelling a cancelled task answers 202 again."),
+    Route("GET", "/api/cluster/dead", deadletters.list_dead, READ, "deadLetters",
+          "Dead letters in AGENT_DEAD, newest first, each with the task it was replayed as",
+          (Answer(200, "Dead letters", ref("DeadLetters")), *errors(400, 503)),
+          params=(deadletters.LIMIT, deadletters.OFFSET, *deadletters.FILTER_PARAMS)),
+    Route("POST", "/api/cluster/dead/replay", replay.replay_many, OPERATE, "replayDeadLetters",
+          "Replay every matching dead letter not replayed yet (dry_run=1: count, change nothing)",
+          (Answer(200, "Dry run: what would be replayed", ref("ReplayedMany")),
+           Answer(202, "Replayed", ref("ReplayedMany")), *errors(400, 415, 429, 503)),
+          params=(replay.BULK_LIMIT, replay.DRY_RUN, *deadletters.FILTER_PARAMS)),
+    Route("POST", "/api/cluster/dead/{task_id}/replay", replay.replay_one, OPERATE,
+          "replayDeadLetter",
+          "Run a dead task again as <task_id>.replay-<n>, with a fresh attempt count (audited)",
+          (Answer(202, "Published again", ref("Replayed")),
+           *errors(400, 404, 409, 415, 429, 503)),
+          params=(replay.DEAD_TASK_ID,),
+          description="The newest dead letter of that task id is replayed. 409 when it was "
+                      "replayed already (the answer names new_task_id) or its agent type is "
+                      "not in FOUNDRY_FLEET."),
     Route("GET", "/api/cluster/status", cluster.status, READ, "clusterStatus",
           "Cluster totals, per-type health, queues, host",
           (Answer(200, "Status", ref("Status")), *errors())),

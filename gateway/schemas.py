@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from foundry.contracts import TASK_ID_RE, TaskStatus, values
+from foundry.contracts import TASK_ID_RE, DeadLetterAction, TaskStatus, values
 from foundry.settings import Settings
 from gateway.spec import Schema
 
@@ -94,6 +94,8 @@ COMPONENTS: dict[str, Schema] = {
         started_at=OPT_NUM,
         finished_at=OPT_NUM,
         duration_seconds=OPT_NUM,
+        replay_of={**OPT_STR, "description": "the dead task this task replays"},
+        replayed_as={**OPT_STR, "description": "the task this dead task was last replayed as"},
     ),
     "Status": obj(
         ("total_workers", "healthy_workers", "unhealthy_workers", "agent_types", "queues"),
@@ -125,4 +127,57 @@ COMPONENTS: dict[str, Schema] = {
         total=INT,
     ),
     "Released": obj(("released", "worker_id"), released={"const": True}, worker_id=STR, state=STR),
+    "Cancelled": obj(
+        ("task_id", "status", "already"),
+        task_id=STR,
+        status={"enum": ["cancelled", "cancelling"]},
+        already={**BOOL, "description": "it was cancelled before this request"},
+    ),
+    "DeadLetter": obj(
+        ("task_id", "agent_type", "dead_seq", "dead_at", "action", "reason", "replayed_as"),
+        task_id=STR,
+        agent_type=STR,
+        dead_seq={**INT, "description": "the letter's sequence in AGENT_DEAD"},
+        dead_at={"type": "number", "description": "Unix time the letter was stored"},
+        action={"enum": list(values(DeadLetterAction))},
+        reason=STR,
+        task_seq={**INT, "description": "the task's sequence in AGENT_TASKS"},
+        evidence={"type": "array", "items": OBJECT},
+        payload={**STR, "description": "the task's payload (its first 1024 characters)"},
+        payload_chars=INT,
+        replayed_as=OPT_STR,
+    ),
+    "DeadLetters": obj(
+        ("dead_letters", "count", "offset", "total", "scanned", "truncated"),
+        dead_letters={"type": "array", "items": ref("DeadLetter")},
+        count=INT,
+        offset=INT,
+        total={**INT, "description": "letters matching the filters among those scanned"},
+        scanned=INT,
+        truncated={**BOOL, "description": "the scan stopped at its bound before the end"},
+        filters=OBJECT,
+    ),
+    "Replayed": obj(
+        ("task_id", "new_task_id", "agent_type", "status"),
+        task_id=STR,
+        new_task_id={**STR, "description": "<task_id stem>.replay-<n>"},
+        agent_type=STR,
+        dead_seq=INT,
+        status={"const": "queued"},
+    ),
+    "ReplayedMany": obj(
+        ("dry_run", "count", "letters", "already_replayed", "more"),
+        dry_run=BOOL,
+        count=INT,
+        letters={
+            "type": "array",
+            "items": obj(("task_id", "dead_seq"), task_id=STR, dead_seq=INT, new_task_id=STR),
+        },
+        already_replayed=INT,
+        not_in_fleet=INT,
+        more={**BOOL, "description": "stopped at limit: more letters may match"},
+        scanned=INT,
+        truncated=BOOL,
+        filters=OBJECT,
+    ),
 }

@@ -220,6 +220,14 @@ def tasks() -> list[Panel]:
                (f"max by (agent_type) (foundry_dead_letters{T})", "{{agent_type}} in AGENT_DEAD"),
                (f"sum by (agent_type) (increase(foundry_tasks_dead_total{T}{RI}))",
                 "{{agent_type}} new"), bars=True),
+        series("Cancelled tasks",
+               (f"sum by (agent_type) (increase(foundry_tasks_cancelled_total{T}{RI}))",
+                "{{agent_type}}"), bars=True,
+               description="Tasks cancelled by request (POST /api/cluster/task/{id}/cancel)."),
+        series("Dead letters replayed",
+               (f"sum by (agent_type) (increase(foundry_dead_letters_replayed_total{T}{RI}))",
+                "{{agent_type}}"), bars=True,
+               description="Dead letters published again as <task_id>.replay-<n>."),
         series("Failure ratio",
                (f"sum by (agent_type) (rate(foundry_tasks_failed_total{T}{RI})) / ("
                 f"sum by (agent_type) (rate(foundry_tasks_failed_total{T}{RI})) + "

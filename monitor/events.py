@@ -1,4 +1,5 @@
-"""Task and heal events turned into counters: submissions, dead letters, relaunches, remediation.
+"""Task and heal events turned into counters: submissions, dead letters, replays, relaunches,
+remediation.
 
 Events arrive on core NATS subscriptions (the same messages the AGENT_EVENTS
 stream stores). A monitor restart starts these counters from zero, which
@@ -42,6 +43,11 @@ class EventMetrics:
         )  # fmt: skip
         self.cancelled = Counter(
             "foundry_tasks_cancelled", "Tasks cancelled by request (task.cancelled events).",
+            ["agent_type"], registry=registry,
+        )  # fmt: skip
+        self.replayed = Counter(
+            "foundry_dead_letters_replayed",
+            "Dead letters published again as new tasks (task.queued events with replay_of).",
             ["agent_type"], registry=registry,
         )  # fmt: skip
         self.heal = Counter(
@@ -88,6 +94,7 @@ class EventMetrics:
         self.submitted.labels(agent_type)
         self.dead.labels(agent_type)
         self.cancelled.labels(agent_type)
+        self.replayed.labels(agent_type)
         self.silent_kills.labels(agent_type)
         self.quarantines.labels(agent_type)
         self.quarantined.labels(agent_type).set(0)
@@ -102,13 +109,16 @@ class EventMetrics:
         return agent_type
 
     # ---- task events -----------------------------------------------------------------
-    def on_task_event(self, status: str, agent_type: str) -> None:
-        """A ``task.<status>`` event for ``agent_type`` (from the subject's last token)."""
+    def on_task_event(self, status: str, agent_type: str, replay: bool = False) -> None:
+        """A ``task.<status>`` event for ``agent_type`` (from the subject's last token);
+        ``replay``: a queued event that names the dead letter it replays."""
         checked = self._type(agent_type)
         if checked is None:
             return
         if status == TaskStatus.QUEUED:
             self.submitted.labels(checked).inc()
+            if replay:
+                self.replayed.labels(checked).inc()
         elif status == TaskStatus.DEAD:
             self.dead.labels(checked).inc()
         elif status == TaskStatus.CANCELLED:

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from foundry.connect import connect_nats, redis_client
-from foundry.contracts import HealAction, HealEvent, Heartbeat, HostSample
+from foundry.contracts import HealAction, HealEvent, Heartbeat, HostSample, TaskEvent
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.settings import Settings
@@ -140,7 +140,11 @@ class Monitor:
 
     async def _on_task_event(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
-        self.events.on_task_event(tokens[-2], tokens[-1])
+        replay = False
+        if tokens[-2] == "queued" and b'"replay_of"' in msg.data:  # only replays are parsed
+            event = REJECTIONS.parse(lambda: TaskEvent.from_payload(msg.data), msg.subject)
+            replay = event is not None and event.replay_of is not None
+        self.events.on_task_event(tokens[-2], tokens[-1], replay)
 
     async def _on_heal_event(self, msg: Msg) -> None:
         event = REJECTIONS.parse(lambda: HealEvent.from_payload(msg.data), msg.subject)

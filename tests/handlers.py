@@ -80,3 +80,11 @@ async def grow(ctx: TaskContext) -> Any:
     _BALLAST.append(b"\x01" * (int(ctx.input["mb"]) * 1024 * 1024))
     await asyncio.sleep(float(ctx.input.get("sleep", 1.0)))
     return {"pid": os.getpid(), "held_mib": len(_BALLAST) * int(ctx.input["mb"])}
+
+
+async def broken_while(ctx: TaskContext) -> Any:
+    """Retry (never succeed) while the file ``input.broken`` exists; then finish."""
+    _mark(ctx, "run")
+    if Path(ctx.input["broken"]).exists():
+        raise RetryableError("the handler is broken", delay=0.05)
+    return {"fixed": True, "attempt": ctx.attempt}

@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from foundry.connect import connect_nats
@@ -335,3 +336,35 @@ async def test_a_service_started_with_the_role_passwords_connects_as_its_role(
         await eventually(lambda: any("permissions violation" in e for e in errors), 5)
     finally:
         await worker.close()
+
+
+async def test_the_gateway_reads_dead_letters_and_replays_them_and_the_client_cannot(
+    connect_as: Callable[[str], Awaitable[Conn]], nc: NATS, settings: Settings
+) -> None:
+    names, dead = settings.names, settings.names.dead_stream
+    await nc.jetstream().publish(names.dead("coder"), b'{"task_id": "d-1"}')
+    gateway = await connect_as(GATEWAY)
+    client = await connect_as(CLIENT)
+    # The gateway reads AGENT_DEAD through a short-lived consumer, as the dead listing does
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE, filter_subject=names.dead("*"))
+    psub = await gateway.js.pull_subscribe(names.dead("*"), stream=dead, config=config)
+    (msg,) = await psub.fetch(1, timeout=5)
+    assert msg.data == b'{"task_id": "d-1"}'
+    consumer = (await psub.consumer_info()).name
+    await psub.unsubscribe()
+    assert await gateway.js.delete_consumer(dead, consumer)
+    # and publishes a replay on the task subjects
+    ack = await gateway.js.publish(names.tasks("coder"), b"again", headers={"Nats-Msg-Id": "r-1"})
+    assert ack.stream == names.tasks_stream
+    # but may not write dead letters, delete them or change the stream
+    await gateway.publish_refused(names.dead("coder"))
+    await gateway.api_refused(f"$JS.API.STREAM.MSG.DELETE.{dead}", gateway.js.delete_msg(dead, 1))
+    await gateway.api_refused(f"$JS.API.STREAM.PURGE.{dead}", gateway.js.purge_stream(dead))
+    # When the client tries to read the dead letters the same way, or one by one
+    create = f"$JS.API.CONSUMER.CREATE.{dead}"
+    await client.api_refused(
+        create, client.js.add_consumer(dead, ConsumerConfig(ack_policy=AckPolicy.NONE))
+    )
+    await client.api_refused(f"$JS.API.STREAM.MSG.GET.{dead}", client.js.get_msg(dead, 1))
+    # Then it is refused, and the letter is still there
+    assert (await nc.jetstream().stream_info(dead)).state.messages == 1

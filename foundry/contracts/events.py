@@ -40,6 +40,8 @@ class TaskEvent:
     duration_seconds: float | None = None
     wait_seconds: float | None = None
     duplicate: bool = False
+    # a task.queued event of a replayed dead letter names the original task
+    replay_of: str | None = None
 
     @property
     def kind(self) -> str:
@@ -58,6 +60,7 @@ class TaskEvent:
             "duration_seconds": self.duration_seconds,
             "wait_seconds": self.wait_seconds,
             "duplicate": self.duplicate,
+            **({"replay_of": self.replay_of} if self.replay_of is not None else {}),
         }
 
     def to_payload(self) -> bytes:
@@ -77,6 +80,7 @@ class TaskEvent:
             duration_seconds=_task.number(body, "duration_seconds", required=False),
             wait_seconds=_task.number(body, "wait_seconds", required=False),
             duplicate=_task.boolean(body, "duplicate", required=False),
+            replay_of=_task.string(body, "replay_of", required=False, pattern=TASK_ID_RE),
         )
 
 
