@@ -92,12 +92,13 @@ class SecretStore:
 
 
 def env_text(entries: Mapping[str, str], header: str = "") -> str:
-    """``KEY='value'`` lines a POSIX shell can source (values quoted as needed)."""
+    """``export KEY='value'`` lines a POSIX shell can source (values quoted as needed):
+    exported, so the programs started from that shell (the ``nats`` CLI) see them."""
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
     for key, value in entries.items():
         if not _ENV_KEY_RE.fullmatch(key):
             raise ValueError(f"not an environment variable name: {key!r}")
-        lines.append(f"{key}={shlex.quote(value)}")
+        lines.append(f"export {key}={shlex.quote(value)}")
     return "\n".join(lines) + "\n"
 
 

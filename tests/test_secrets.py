@@ -45,9 +45,11 @@ def test_env_files_round_trip_and_take_new_keys(tmp_path: Path) -> None:
     entries = {"NATS_URL": "nats://client:p@ss w'rd@127.0.0.1:4222", "EMPTY": ""}
     path = write_private(tmp_path / "client.env", env_text(entries, "a header"))
     assert read_env_file(path) == entries
-    # a shell reads the same values
+    # a shell reads the same values, and programs it starts see them (the nats CLI)
     out = subprocess.run(
-        ["sh", "-c", f'. "{path}"; printf %s "$NATS_URL"'], capture_output=True, text=True
+        ["sh", "-c", f'. "{path}"; sh -c \'printf %s "$NATS_URL"\''],
+        capture_output=True,
+        text=True,
     )
     assert out.stdout == entries["NATS_URL"]
     # a later feature adds its key without knowing the others
