@@ -216,14 +216,16 @@ class Suite:
             open_pid = cluster.extra[-1].pid
             self.out["pids"]["gateway without token"] = open_pid
             runs: dict[str, list[dict[str, Any]]] = {"token": [], "no_token": []}
+            # each run counts the CPU of both gateways: the idle one still gets every event
+            token = {**pids, "idle gateway": open_pid}
+            no_token = {**pids, "gateway": open_pid, "idle gateway": pids["gateway"]}
             for r in range(self.plan.http_rounds):
                 last = r == self.plan.http_rounds - 1
                 runs["token"].append(
                     await self._http(
-                        s, cluster, cluster.gateway, cluster.token, pids, f"ht{r}", last
+                        s, cluster, cluster.gateway, cluster.token, token, f"ht{r}", last
                     )
                 )
-                no_token = {**pids, "gateway": open_pid}
                 runs["no_token"].append(
                     await self._http(s, cluster, address, "", no_token, f"hn{r}", False)
                 )
