@@ -3,7 +3,11 @@
 The stream is configured like Foundry's task stream (work-queue retention,
 file storage, the same duplicate window, ``max_ack_pending`` and ``max_deliver``)
 so that the difference measured is the worker and what it does per task, not
-the broker's configuration.
+the broker's configuration. The workers connect to the same protected servers
+as Foundry: NATS as the ``admin`` user (no role's allow-list names the
+baseline's subjects), Redis as the cluster's ACL user, which may touch only
+``foundry:*`` keys; the credentials reach them in their environment, never on
+the command line.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from bench import baseline_worker
 from bench.infra import Infra, child_env
 from bench.workload import Target, baseline_target
+from foundry.natsauth import ADMIN
 from foundry.settings import Settings
 
 STREAM = "BENCH_BASELINE"
@@ -34,7 +40,7 @@ SUBJECT = "bench.baseline.tasks"
 DONE = "bench.baseline.done"
 READY = "bench.baseline.ready"
 DURABLE = "baseline-workers"
-KEY_PREFIX = "bench:baseline:result:"
+KEY_PREFIX = "foundry:bench-baseline:result:"  # inside the ACL user's keys
 
 
 @dataclass
@@ -91,15 +97,16 @@ class Baseline:
                 all_ready.set()
 
         sub = await nc.subscribe(READY, cb=on_ready)
-        env = child_env({})
+        env = child_env(
+            {
+                baseline_worker.NATS_URL_VAR: self.infra.bus.url(ADMIN),
+                baseline_worker.REDIS_URL_VAR: self.infra.redis_url,
+            }
+        )
         for index in range(self.workers):
             args = [
                 "-m",
                 "bench.baseline_worker",
-                "--nats",
-                self.infra.nats_url,
-                "--redis",
-                self.infra.redis_url,
                 "--stream",
                 STREAM,
                 "--durable",

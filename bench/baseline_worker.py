@@ -1,6 +1,7 @@
 """The raw baseline worker: the minimal hand-written loop Foundry is compared with.
 
-``python -m bench.baseline_worker --nats URL --redis URL ...`` pulls a batch,
+``python -m bench.baseline_worker ...`` (servers in ``BENCH_NATS_URL`` and
+``BENCH_REDIS_URL``, which may carry passwords, or ``--nats`` / ``--redis``) pulls a batch,
 then for each task, one at a time: decode it, store the echo result in Redis,
 ack, and publish a completion notice. No heartbeats, events, status tracking,
 fencing or leases. ``--loop`` and ``--codec`` choose the event loop and the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from typing import Any
 import nats
 import nats.errors
 import redis.asyncio as aioredis
+
+NATS_URL_VAR, REDIS_URL_VAR = "BENCH_NATS_URL", "BENCH_REDIS_URL"
 
 
 def codec_pair(name: str) -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
@@ -67,8 +71,8 @@ async def work(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline_worker")
-    parser.add_argument("--nats", required=True)
-    parser.add_argument("--redis", required=True)
+    parser.add_argument("--nats", default=os.environ.get(NATS_URL_VAR), help=f"${NATS_URL_VAR}")
+    parser.add_argument("--redis", default=os.environ.get(REDIS_URL_VAR), help=f"${REDIS_URL_VAR}")
     parser.add_argument("--stream", required=True)
     parser.add_argument("--durable", required=True)
     parser.add_argument("--done", required=True, help="subject of completion notices")
@@ -80,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--codec", choices=("orjson", "json", "msgspec"), default="orjson")
     args = parser.parse_args(argv)
+    for flag, var in (("--nats", NATS_URL_VAR), ("--redis", REDIS_URL_VAR)):
+        if not getattr(args, flag[2:]):
+            parser.error(f"{flag}: give it, or set {var}")
     if args.loop == "uvloop":
         import uvloop
 

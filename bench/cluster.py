@@ -6,6 +6,11 @@ needs differ from the defaults, and they are listed in the report: a short
 ``FOUNDRY_STABLE_AFTER`` and a large ``FOUNDRY_MAX_RESTARTS`` so that ten kills in
 a row are each a first failure (not a crash loop that backs off or quarantines),
 and ``FOUNDRY_ACK_WAIT`` bounds how long a kill-under-load phase can take.
+
+Credentials are those of a ``foundry up`` cluster: the healer connects as its
+NATS user and holds every service role's password, handing each child its own;
+everyone uses the Redis ACL user. With ``tls`` the cluster runs on the run's
+TLS nats-server, in its own namespace, trusting the run's CA.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +29,19 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from bench.credentials import AGENT_TYPE
 from bench.infra import Infra, child_env
 from bench.workload import Target, foundry_target
 from foundry import codec
 from foundry.apitokens import create_token
+from foundry.childenv import env_for
+from foundry.contracts import SlotKind
+from foundry.natsauth import GATEWAY
+from foundry.roles import role_env
 from foundry.servers import free_port
 from foundry.settings import Settings
 
-AGENT_TYPE = "bench"
+__all__ = ["AGENT_TYPE", "Beats", "ClusterOptions", "FoundryCluster"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class ClusterOptions:
     silence_timeout: float = 3.0
     stable_after: float = 1.0
     max_restarts: int = 1000
+    tls: bool = False  # on the TLS nats-server (namespace ``tls``)
     pythonpath: tuple[Path, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()  # --env FOUNDRY_X=Y: tuning experiments
 
@@ -115,9 +127,12 @@ class FoundryCluster:
         tokens = data_dir / "secrets" / "api-tokens.jsonl"
         tokens.unlink(missing_ok=True)  # a cluster of the same label may have run before
         self.token = create_token(tokens, "bench", ["submit", "read"])
-        self.settings = Settings(
+        bus = infra.tls_bus if options.tls else infra.bus
+        if bus is None:
+            raise RuntimeError("a TLS cluster needs Infra.start(tls=True)")
+        self.bus = bus
+        settings = Settings(
             api_tokens=str(tokens),
-            nats_url=infra.nats_url,
             redis_url=infra.redis_url,
             fleet={AGENT_TYPE: options.workers},
             handlers={AGENT_TYPE: "echo"},
@@ -132,9 +147,11 @@ class FoundryCluster:
             max_restarts=options.max_restarts,
             drain_timeout=2.0,
         )
+        self.settings = bus.for_healer(settings)
         self.names = self.settings.names
         self.beats = Beats()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[subprocess.Popen[bytes]] = []  # gateways beside the healer's
 
     @property
     def target(self) -> Target:
@@ -169,20 +186,40 @@ class FoundryCluster:
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"workers did not beat within {timeout:g}s; see the logs")
             await asyncio.sleep(0.05)
-        host, port = self.gateway
-        async with aiohttp.ClientSession() as http:
-            while True:
-                self._check_alive()
-                try:
-                    async with http.get(f"http://{host}:{port}/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.perf_counter() > deadline:
-                    raise TimeoutError(f"gateway not healthy within {timeout:g}s")
-                await asyncio.sleep(0.05)
+        await _wait_healthy(self.gateway, deadline, self._check_alive)
         return time.perf_counter() - started
+
+    async def extra_gateway(
+        self, name: str, overrides: dict[str, str], timeout: float = 30.0
+    ) -> tuple[str, int]:
+        """One more gateway for this cluster, launched as the healer launches its own.
+
+        Same settings (with ``--env`` extras), its role's NATS user and only the
+        secrets a service gets, then ``overrides`` and a port of its own; ready when
+        ``/health`` answers. The healer does not supervise it; :meth:`stop` stops it.
+        """
+        view = Settings.from_env({**self.settings.to_env(), **dict(self.options.extra_env)})
+        port = free_port()
+        env = {
+            **env_for(view, SlotKind.SERVICE),
+            **role_env(view, GATEWAY),
+            **overrides,
+            "FOUNDRY_GATEWAY_PORT": str(port),
+        }
+        label = f"gateway-{name}-{self.options.label}"
+        proc = self.infra.procs.start(
+            label, ["-m", "gateway"], child_env(env, list(self.options.pythonpath))
+        )
+        self.extra.append(proc)
+
+        def alive() -> None:
+            if proc.poll() is not None:
+                log = self.infra.procs.log_dir / f"{label}.log"
+                raise RuntimeError(f"{label} exited with {proc.returncode}; see {log}")
+
+        address = ("127.0.0.1", port)
+        await _wait_healthy(address, time.perf_counter() + timeout, alive)
+        return address
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -203,8 +240,14 @@ class FoundryCluster:
                 out[name] = int(slot["pid"])
         return out
 
+    async def stop_extra(self) -> None:
+        """Stop the gateways :meth:`extra_gateway` started, by pid."""
+        while self.extra:
+            await asyncio.to_thread(self.infra.procs.stop, self.extra.pop(), 10.0)
+
     async def stop(self) -> None:
         """Stop the healer by pid (it drains and stops the fleet and the gateway)."""
+        await self.stop_extra()
         if self.beats.sub is not None:
             with contextlib.suppress(Exception):
                 await self.beats.sub.unsubscribe()
@@ -212,3 +255,22 @@ class FoundryCluster:
         if self.proc is not None:
             await asyncio.to_thread(self.infra.procs.stop, self.proc, 30.0)
             self.proc = None
+
+
+async def _wait_healthy(
+    address: tuple[str, int], deadline: float, check: Callable[[], None]
+) -> None:
+    """Poll a gateway's ``/health`` until it answers 200; ``check`` raises if it died."""
+    host, port = address
+    async with aiohttp.ClientSession() as http:
+        while True:
+            check()
+            try:
+                async with http.get(f"http://{host}:{port}/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"gateway on {port} not healthy in time; see the logs")
+            await asyncio.sleep(0.05)

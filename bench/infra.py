@@ -1,7 +1,9 @@
 """Servers and child processes of one benchmark run, all stopped by pid at the end.
 
 One nats-server (JetStream, file storage) and one redis-server (no persistence,
-as in the test suite) on free loopback ports under a temporary folder; every
+as in the test suite) on free loopback ports under a temporary folder, both
+with authorization as ``foundry up`` configures it (:mod:`bench.credentials`);
+with ``tls``, a second nats-server serving TLS with a CA made at run time. Every
 Python child is started through :class:`Procs`, which stops it by pid
 (SIGCONT, SIGTERM, then SIGKILL) however the run ends.
 """
@@ -17,8 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.credentials import (
+    NatsAccess,
+    RedisAccess,
+    nats_access,
+    write_nats_config,
+    write_redis_config,
+)
+from bench.pki import ca_path, make_server_tls
 from foundry.pidfiles import kill_recorded, stop_child
+from foundry.secrets import private_dir
 from foundry.servers import ServerProcess, free_port, nats_server, redis_server
+from foundry.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,6 +94,9 @@ class Procs:
             kill_recorded(folder)
 
 
+TLS_NAMESPACE = "tls"  # the TLS cluster's namespace: its Redis keys stay apart from the others'
+
+
 @dataclass
 class Infra:
     """The servers and children of one run; :meth:`close` stops them all."""
@@ -90,29 +105,62 @@ class Infra:
     nats: ServerProcess
     redis: ServerProcess
     procs: Procs
+    bus: NatsAccess  # the plain nats-server's users (default namespace)
+    store: RedisAccess
+    tls_nats: ServerProcess | None = None
+    tls_bus: NatsAccess | None = None  # the TLS nats-server's users (namespace ``tls``)
     keep: bool = False
 
     @property
-    def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats.port}"
-
-    @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis.port}/0"
+        """Redis as the cluster's ACL user (the bench and the baseline use it too)."""
+        return self.store.url
 
     @classmethod
-    def start(cls, keep: bool = False) -> Infra:
+    def start(
+        cls, keep: bool = False, tls: bool = False, settings: Settings | None = None
+    ) -> Infra:
+        """Start the servers; ``settings`` gives the limits the NATS config derives from."""
         root = Path(tempfile.mkdtemp(prefix="foundry-bench-"))
-        nats = nats_server(free_port(), root / "nats").start()
+        secrets = private_dir(root / "secrets")
+        limits = settings or Settings()
+        started: list[ServerProcess] = []
         try:
-            redis = redis_server(free_port(), root / "redis", persist=False).start()
-        except Exception:
-            nats.stop()
+            bus = nats_access(secrets, "", free_port(), monitor_port=free_port())
+            conf = write_nats_config(
+                secrets / "nats.conf", bus, root / "nats" / "jetstream", limits
+            )
+            started.append(nats_server(bus.port, root / "nats", config=conf).start())
+            port = free_port()
+            rconf, store = write_redis_config(secrets / "redis.conf", secrets, port, root / "redis")
+            started.append(redis_server(port, root / "redis", config=rconf).start())
+            tls_nats, tls_bus = None, None
+            if tls:
+                files = make_server_tls(root / "pki")
+                tls_bus = nats_access(
+                    secrets, TLS_NAMESPACE, free_port(), ca_path(files), free_port()
+                )
+                store_dir = root / "nats-tls" / "jetstream"
+                conf = write_nats_config(
+                    secrets / "nats-tls.conf", tls_bus, store_dir, limits, tls=files
+                )
+                tls_nats = nats_server(tls_bus.port, root / "nats-tls", config=conf).start()
+                started.append(tls_nats)
+        except BaseException:
+            for server in reversed(started):
+                server.stop()
+            shutil.rmtree(root, ignore_errors=True)
             raise
-        return cls(root, nats, redis, Procs(root / "logs"), keep)
+        nats, redis = started[0], started[1]
+        return cls(root, nats, redis, Procs(root / "logs"), bus, store, tls_nats, tls_bus, keep)
 
     def server_pids(self) -> dict[str, int]:
         return {"nats-server": self.nats.pid, "redis-server": self.redis.pid}
+
+    def tls_server_pids(self) -> dict[str, int]:
+        """The servers the TLS cluster uses (its nats-server under the usual role name)."""
+        assert self.tls_nats is not None
+        return {"nats-server": self.tls_nats.pid, "redis-server": self.redis.pid}
 
     def close(self) -> None:
         try:
@@ -120,5 +168,7 @@ class Infra:
         finally:
             self.redis.stop()
             self.nats.stop()
+            if self.tls_nats is not None:
+                self.tls_nats.stop()
             if not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)

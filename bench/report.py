@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 HTTP_TARGET = 3000.0
+TOKEN_RATIO_TARGET = 0.95  # HTTP with a token within 5 % of without
 P99_TARGET_MS = 10.0
 P99_TARGET_RATE = 200.0
 KILL_MEDIAN_TARGET = 1.0
@@ -52,25 +53,64 @@ def _throughput_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "—",
         ),
     ]
+    tls = result.get("tls", {})
+    if "tasks_per_second" in tls:
+        t = tp["best"]["foundry_tls"]
+        runs_t = " / ".join(_n(r["tasks_per_second"]) for r in tp["runs"]["foundry_tls"])
+        rows.append(
+            (
+                "   Foundry via NATS over TLS (own nats-server, CA made at run time)",
+                f"{_n(tls['tasks_per_second'])} tasks/s = **{tls['ratio_to_plain'] or 0:.2f}×** "
+                f"plain NATS (runs {runs_t}; others {t['extra']['others_cores']:.2f} cores); "
+                f"{tls['tls_connections']} of {tls['connections']} connections TLS "
+                f"{'/'.join(tls['tls_versions']) or '—'}; Redis {tls['redis']}",
+                "—",
+                "—",
+            )
+        )
     lost = found["missing"] + base["missing"]
     if lost:
         rows.append(("   results missing after throughput runs", str(lost), "0", _verdict(False)))
     return rows
 
 
-def _http_row(result: dict[str, Any]) -> tuple[str, str, str, str]:
-    h = result["http"]
+def _http_text(h: dict[str, Any], runs: list[float]) -> str:
     lat = h["submit_latency_ms"]
     bad = {k: v for k, v in h["statuses"].items() if k != "202"}
     return (
-        f"3. Foundry via HTTP gateway ({h['clients']} clients, {_n(h['tasks'])} tasks)",
-        f"{_n(h['tasks_per_second'])} tasks/s; {_n(h['accepted_per_second'])} accepted/s; "
+        f"{_n(h['tasks_per_second'])} tasks/s (runs {' / '.join(_n(x) for x in runs)}); "
+        f"{_n(h['accepted_per_second'])} accepted/s; "
         f"POST p50 {lat.get('p50', 0):.1f} / p99 {lat.get('p99', 0):.1f} ms"
         + (f"; non-202: {bad}" if bad else "")
-        + f" (others {h['extra']['others_cores']:.2f} cores)",
-        f"≥ {_n(HTTP_TARGET)} tasks/s",
-        _verdict(h["tasks_per_second"] >= HTTP_TARGET),
+        + f" (others {h['extra']['others_cores']:.2f} cores)"
     )
+
+
+def _http_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    h = result["http"]
+    auth = result.get("http_auth", {})
+    runs = auth.get("runs", {})
+    rows = [
+        (
+            f"3. Foundry via HTTP gateway, bearer token ({h['clients']} clients, "
+            f"{_n(h['tasks'])} tasks)",
+            _http_text(h, runs.get("token", [h["tasks_per_second"]])),
+            f"≥ {_n(HTTP_TARGET)} tasks/s",
+            _verdict(h["tasks_per_second"] >= HTTP_TARGET),
+        )
+    ]
+    if "http_without_token" in result:
+        ratio = auth.get("ratio") or 0.0
+        rows.append(
+            (
+                "   HTTP without a token (2nd gateway, FOUNDRY_API_AUTH=off)",
+                _http_text(result["http_without_token"], runs.get("no_token", []))
+                + f"; with token / without = **{ratio:.2f}×**",
+                f"within {100 * (1 - TOKEN_RATIO_TARGET):.0f} %",
+                _verdict(ratio >= TOKEN_RATIO_TARGET),
+            )
+        )
+    return rows
 
 
 def _latency_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -172,7 +212,7 @@ def _footprint_row(result: dict[str, Any]) -> tuple[str, str, str, str]:
 def table(result: dict[str, Any]) -> str:
     rows = [
         *_throughput_rows(result),
-        _http_row(result),
+        *_http_rows(result),
         *_latency_rows(result),
         *_healing_rows(result),
         _footprint_row(result),
@@ -195,8 +235,19 @@ def header(result: dict[str, Any]) -> str:
             f"{v['hiredis']}), orjson {v['orjson']}, uvloop {v['uvloop']}, aiohttp {v['aiohttp']}",
             "cluster settings that differ from the defaults: "
             + ", ".join(f"{k}={val}" for k, val in result.get("cluster_overrides", {}).items()),
+            *_security_lines(result.get("security", {})),
         ]
     )
+
+
+def _security_lines(security: dict[str, str]) -> list[str]:
+    if not security:
+        return []
+    return [
+        f"servers as foundry up makes them: NATS {security['nats']}; Redis {security['redis']}",
+        f"connections: Foundry {security['foundry']}; baseline {security['baseline']}; "
+        f"API {security['api']}",
+    ]
 
 
 def load_note(result: dict[str, Any]) -> str:

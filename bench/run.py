@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 import traceback
@@ -158,8 +159,15 @@ async def amain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_tls_close(record: logging.LogRecord) -> bool:
+    # asyncio's stream protocol asks to keep a TLS connection half-open when the
+    # server closes it; over TLS that request is ignored, with a warning per close
+    return "eof_received() has no effect" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.getLogger("asyncio").addFilter(_quiet_tls_close)
     try:
         return int(uvloop.run(amain(args)))
     except (Interrupted, KeyboardInterrupt, asyncio.CancelledError):

@@ -22,13 +22,22 @@ raise ImportError("uvloop disabled by the benchmark's asyncio variant")
 
 ORJSON_ON_STDLIB = '''"""Benchmark shim: orjson's dumps/loads on the standard library's json."""
 
+import dataclasses as _dc
 import json as _json
 
 JSONDecodeError = _json.JSONDecodeError
 
 
 def dumps(obj, default=None, option=None):
-    return _json.dumps(obj, default=default, separators=(",", ":"), ensure_ascii=False).encode()
+    def native(value):
+        # orjson encodes dataclass instances as objects of their fields, before any default
+        if _dc.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: getattr(value, f.name) for f in _dc.fields(value)}
+        if default is None:
+            raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+        return default(value)
+
+    return _json.dumps(obj, default=native, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def loads(data):
