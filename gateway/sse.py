@@ -27,6 +27,7 @@ from foundry import codec
 from gateway.keys import SETTINGS
 
 KEEPALIVE = b": keep-alive\n\n"
+BATCH = 256  # frames joined into one write
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-store",
@@ -108,7 +109,7 @@ class SseClient:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if getter in finished:
-                    if not await self.write(getter.result()):
+                    if not await self.write(self._batch(getter.result())):
                         break
                     continue
                 getter.cancel()
@@ -123,6 +124,15 @@ class SseClient:
                     break
         finally:
             waiter.cancel()
+
+    def _batch(self, first: bytes) -> bytes:
+        """``first`` and whatever else is queued, for one write."""
+        if self.queue.empty():
+            return first
+        parts = [first]
+        while not self.queue.empty() and len(parts) < BATCH:
+            parts.append(self.queue.get_nowait())
+        return b"".join(parts)
 
     async def flush(self) -> None:
         """Write whatever is still queued."""
