@@ -37,7 +37,7 @@ from foundry.names import Names
 from foundry.rejections import REJECTIONS
 from gateway.errors import bad_request
 from gateway.jsonio import json_response
-from gateway.keys import JS, NC, SETTINGS, VIEW
+from gateway.keys import JS, NC, SETTINGS
 from gateway.spec import Param
 from gateway.sse import SseClient, frame, wants_stream
 
@@ -155,7 +155,7 @@ class Filters:
 
 def last_event_id(request: web.Request) -> int | None:
     text = request.headers.get(LAST_EVENT_ID.name)
-    if text is None or not text.strip():
+    if text is None:
         return None
     if not re.fullmatch(r"[0-9]{1,18}", text.strip()):
         raise bad_request(

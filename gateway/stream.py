@@ -35,18 +35,22 @@ GAP_WAIT = 0.02
 Position = tuple[int, int]
 
 RESUME = Param(
-    "Last-Event-ID", "header", {"type": "string", "pattern": "^[0-9]{1,6}:[0-9]{1,9}$"},
-    "Resume after this chunk (<attempt>:<seq>, the id of the last one received)",
+    "Last-Event-ID", "header", {"type": "string", "maxLength": 32},
+    "Resume after this chunk: the id (<attempt>:<seq>) of the last one received. Any other "
+    "value is not an id this stream sent: the output is sent from the start",
 )  # fmt: skip
 
 
 def resume_after(request: web.Request) -> Position:
-    text = request.headers.get(RESUME.name, "").strip()
-    if not text:
+    """Where to resume: after (attempt, seq), or from the start for anything else."""
+    text = request.headers.get(RESUME.name, "")
+    if len(text) > 32:
+        raise bad_request(
+            "Last-Event-ID is over 32 characters: not an id of this stream", RESUME.name
+        )
+    match = re.fullmatch(r"([0-9]{1,6}):([0-9]{1,9})", text.strip())
+    if match is None:
         return (0, -1)
-    match = re.fullmatch(r"([0-9]{1,6}):([0-9]{1,9})", text)
-    if not match:
-        raise bad_request("Last-Event-ID must be <attempt>:<seq> of a chunk received", RESUME.name)
     return int(match.group(1)), int(match.group(2))
 
 

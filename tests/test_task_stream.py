@@ -117,10 +117,16 @@ async def test_bad_input_and_unknown_tasks(live: tuple[Gateway, Settings]) -> No
     gw, _ = live
     async with gw.http.get(gw.url("/api/cluster/task/nope/stream")) as resp:
         assert resp.status == 404
-    await submit(gw, "talk-3", {"chunks": 1})
-    headers = {"Accept": "text/event-stream", "Last-Event-ID": "two"}
-    async with gw.http.get(gw.url("/api/cluster/task/talk-3/stream"), headers=headers) as resp:
-        assert resp.status == 400 and (await resp.json())["field"] == "Last-Event-ID"
+    async with gw.http.get(gw.url("/api/cluster/task/Bad%20Id/stream")) as resp:
+        assert resp.status == 400 and (await resp.json())["field"] == "task_id"
+    # a Last-Event-ID this stream never sent replays the output from the start
+    await submit(gw, "talk-3", {"chunks": 2, "delay": 0.01})
+    async with gw.http.get(gw.url("/api/cluster/task/talk-3?wait=20")) as resp:
+        assert (await resp.json())["status"] == "completed"
+    reader = await open_stream(gw.http, gw.url("/api/cluster/task/talk-3/stream"), last_id="two")
+    await asyncio.wait_for(reader.ended.wait(), 10)
+    assert [f.id for f in reader.of("output")] == ["1:0", "1:1"]
+    await reader.close()
 
 
 async def test_follow_prints_the_output_then_the_result(live: tuple[Gateway, Settings]) -> None:

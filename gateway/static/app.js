@@ -138,7 +138,9 @@ function setBar(bar, value, label) {
   $(label).textContent = typeof value === "number" ? value.toFixed(0) + " %" : "–";
 }
 
-const relaunched = new Map(); // worker id -> time a relaunch event came in
+// worker id -> {at, oldPid, newPid} of the latest relaunch event: until the new process's
+// heartbeat reaches the table, the row shows the new pid the event announced
+const relaunched = new Map();
 
 function renderWorkers(agents) {
   const body = $("worker-rows");
@@ -150,12 +152,14 @@ function renderWorkers(agents) {
     cell(tr, a.agent_type);
     const status = cell(tr, a.status);
     status.className = "status " + a.status;
-    const when = relaunched.get(a.worker_id);
-    if (when && Date.now() - when < 10000) {
+    const seen = relaunched.get(a.worker_id);
+    let pid = a.pid;
+    if (seen && Date.now() - seen.at < 10000) {
       status.textContent = a.status + " · relaunched";
       tr.classList.add("relaunched");
+      if (seen.newPid && a.pid === seen.oldPid) pid = seen.newPid;
     }
-    cell(tr, a.pid, "num pid");
+    cell(tr, pid, "num pid");
     cell(tr, a.tasks_processed, "num");
     cell(tr, a.errors, "num");
     cell(tr, duration(a.uptime_seconds), "num");
@@ -202,6 +206,10 @@ function renderStatus(s) {
 }
 
 function describeHeal(e) {
+  if (e.kind === "heal.audit") {
+    const what = [e.action, e.worker_id || e.task_id].filter(Boolean).join(" ");
+    return "audit: " + what + " by " + (e.token || "?") + " (" + (e.outcome || e.status) + ")";
+  }
   const who = e.slot || e.worker_id || e.host || "";
   const bits = [e.kind.replace("heal.", ""), who];
   if (e.reason) bits.push("(" + e.reason + ")");
@@ -257,13 +265,14 @@ async function refresh() {
 function onHealEvent(name, e) {
   addHealEvent(e);
   if (e.kind === "heal.relaunch" && e.slot) {
-    relaunched.set(e.slot, Date.now());
+    relaunched.set(e.slot, { at: Date.now(), oldPid: e.old_pid, newPid: e.new_pid });
     const row = document.querySelector('tr[data-worker="' + CSS.escape(e.slot) + '"]');
     if (row) {
       row.classList.add("relaunched");
       row.querySelector(".status").textContent = "relaunched";
       if (e.new_pid) row.querySelector(".pid").textContent = String(e.new_pid);
     }
+    setTimeout(refresh, 700); // by then the new process has sent its first heartbeat
   }
   refresh();
 }
