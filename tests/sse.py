@@ -11,6 +11,13 @@ from typing import Any
 from aiohttp import ClientResponse, ClientSession
 
 STREAM = {"Accept": "text/event-stream"}
+# For tests that make namespaces of their own: small stream limits, since JetStream reserves
+# each stream's max_bytes against the suite's nats-server storage whether used or not.
+SMALL_STREAMS = {
+    "tasks_max_bytes": 64 * 1024**2,
+    "events_max_bytes": 64 * 1024**2,
+    "dead_max_bytes": 64 * 1024**2,
+}
 
 
 @dataclass

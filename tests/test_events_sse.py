@@ -17,7 +17,7 @@ from foundry.contracts import HealAction, HealEvent, TaskEvent, TaskStatus
 from foundry.rejections import REJECTIONS
 from foundry.settings import Settings
 from tests.conftest import ApiTokens, Gateway, eventually
-from tests.sse import open_stream
+from tests.sse import SMALL_STREAMS, open_stream
 
 EVENTS = "/api/cluster/events"
 
@@ -108,7 +108,7 @@ async def test_heal_events_by_host_and_task_id_filter(
 async def test_keepalives_json_form_and_bad_input(
     make_settings: Callable[..., Settings], make_gateway: Any, nc: NATS, redis: Any
 ) -> None:
-    settings = make_settings(sse_keepalive=0.2)
+    settings = make_settings(**SMALL_STREAMS, sse_keepalive=0.2)
     gw: Gateway = await make_gateway(settings)
     # Given an idle stream, keep-alive comments arrive
     reader = await open_stream(gw.http, gw.url(EVENTS))
@@ -147,7 +147,7 @@ async def test_a_slow_client_is_cut_off_and_the_others_get_everything(
     redis: Any,
     api_tokens: ApiTokens,
 ) -> None:
-    settings = make_settings(sse_buffer=400)
+    settings = make_settings(**SMALL_STREAMS, sse_buffer=400)
     gw: Gateway = await make_gateway(settings)
     # Given a client that reads everything and one that never reads (tiny receive buffer)
     fast = await open_stream(gw.http, gw.url(EVENTS), kind="task")

@@ -22,7 +22,7 @@ from foundry.servers import free_port
 from foundry.settings import Settings
 from tests.conftest import ApiTokens, eventually
 from tests.procs import ProcessGroup
-from tests.sse import STREAM, frames
+from tests.sse import SMALL_STREAMS, STREAM, frames
 
 CHUNKS = int(os.environ.get("FOUNDRY_LIVE_CHUNKS", "200"))
 EVENTS = int(os.environ.get("FOUNDRY_LIVE_EVENTS", "2000"))
@@ -47,7 +47,7 @@ async def test_chunk_latency_and_event_fan_out(
     procs: ProcessGroup,
     api_tokens: ApiTokens,
 ) -> None:
-    settings = make_settings(
+    settings = make_settings(**SMALL_STREAMS,
         fleet={"coder": 1}, handlers={"coder": "tests.streaming_handlers:stamped"},
         gateway_port=free_port(), sse_buffer=5000,
     )  # fmt: skip

@@ -21,6 +21,7 @@ from tests.browser.cdp import chromium
 from tests.cluster import slots, start_healer, wait_running
 from tests.conftest import ApiTokens, Gateway
 from tests.procs import ROOT, ProcessGroup
+from tests.sse import SMALL_STREAMS
 
 SCREENSHOT = ROOT / "docs" / "status-page.png"
 ROWS = (
@@ -59,7 +60,7 @@ async def test_the_page_in_a_browser_follows_the_cluster_live(
     api_tokens: ApiTokens,
 ) -> None:
     # Given a healer running the gateway, the monitor and three workers
-    settings = make_settings(
+    settings = make_settings(**SMALL_STREAMS,
         fleet={"coder": 2, "executor": 1},
         handlers={"coder": "tests.streaming_handlers:chatter", "executor": "echo"},
         gateway_port=free_port(), healer_port=free_port(), monitor_port=free_port(),

@@ -20,7 +20,7 @@ from tests.conftest import Gateway, eventually
 from tests.fakes import FakeLLM, llm_app, make_ctx, serve
 from tests.procs import ROOT, ProcessGroup, child_env
 from tests.sandboxing import require_bwrap
-from tests.sse import open_stream
+from tests.sse import SMALL_STREAMS, open_stream
 from tests.test_bus_auth import Conn, connect_as  # noqa: F401 - the fixture
 from workers.builtin.exec import exec_handler
 from workers.builtin.llm import llm_handler
@@ -31,7 +31,7 @@ HANDLERS = {"coder": "tests.streaming_handlers:chatter", "architect": "echo"}
 
 @pytest.fixture
 def stream_settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(fleet={"coder": 1, "architect": 1}, handlers=HANDLERS)
+    return make_settings(**SMALL_STREAMS, fleet={"coder": 1, "architect": 1}, handlers=HANDLERS)
 
 
 @pytest.fixture
@@ -226,7 +226,10 @@ async def test_emitted_output_over_the_cap_is_dropped(
     make_settings: Callable[..., Settings], make_gateway: Any, procs: ProcessGroup, nc: NATS
 ) -> None:
     settings = make_settings(
-        fleet={"coder": 1}, handlers={"coder": HANDLERS["coder"]}, output_max_bytes=60
+        **SMALL_STREAMS,
+        fleet={"coder": 1},
+        handlers={"coder": HANDLERS["coder"]},
+        output_max_bytes=60,
     )
     gw: Gateway = await make_gateway(settings)
     procs.worker(settings, "coder")

@@ -24,6 +24,7 @@ from foundry.settings import Settings
 from tests.conftest import Gateway, eventually
 from tests.fakes import FakeLLM, llm_app, make_ctx, serve
 from tests.procs import ROOT, ProcessGroup, child_env
+from tests.sse import SMALL_STREAMS
 from workers.builtin.llm import llm_handler
 
 WORKER_SPANS = {"task", "queue wait", "handler run", "result store"}
@@ -49,7 +50,7 @@ def worker_spans(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 def traced(make_settings: Callable[..., Settings], tmp_path: Path) -> tuple[Settings, Path]:
     spans = tmp_path / "worker-spans.jsonl"
-    settings = make_settings(
+    settings = make_settings(**SMALL_STREAMS,
         fleet={"coder": 1}, handlers={"coder": "echo"}, tracing=True, otel_exporter="file",
         otel_file=str(spans),
     )  # fmt: skip
@@ -161,7 +162,7 @@ def test_an_exporter_that_cannot_work_stops_the_worker_with_exit_2(
         found = False
     if found:
         pytest.skip("the OTLP exporter is installed here")
-    settings = make_settings(tracing=True, otel_exporter="otlp")
+    settings = make_settings(**SMALL_STREAMS, tracing=True, otel_exporter="otlp")
     out = subprocess.run(
         [sys.executable, "-m", "workers", "--type", "coder"],
         env=child_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
