@@ -16,6 +16,7 @@ message (the gateway sets it on a submitted task; a ``nats pub`` may set one):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -99,6 +100,7 @@ class OtelTracer(Tracer):
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
+        self._closed = False
         self._tracer = provider.get_tracer("foundry")
         self._propagator = TraceContextTextMapPropagator()
         self._kinds = {k: getattr(trace.SpanKind, k.upper()) for k in _KINDS}
@@ -156,7 +158,9 @@ class OtelTracer(Tracer):
         self._propagator.inject(headers)
 
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        if not self._closed:
+            self._closed = True
+            self.provider.shutdown()
 
 
 class _Recording(SpanHandle):
@@ -270,4 +274,6 @@ def setup(settings: Settings, service: str) -> Tracer:
         raise ConfigError(
             f"FOUNDRY_TRACING=1 needs opentelemetry-sdk ({exc}); pip install opentelemetry-sdk"
         ) from None
-    return install(build(service, exporter, batch))
+    tracer = build(service, exporter, batch)
+    atexit.register(tracer.shutdown)  # batched spans are sent before the process ends
+    return install(tracer)
