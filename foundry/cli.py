@@ -79,6 +79,14 @@ def _answers(url: str, default_port: int) -> bool:
     return port_open(parts.hostname or "127.0.0.1", parts.port or default_port, timeout=0.5)
 
 
+def page_url(settings: Settings, url: str) -> str:
+    """The status page's address, with client.env's API token in the fragment: a browser
+    never sends a fragment to the server, and the page moves it to session storage."""
+    path = embedded_mod.client_env_path(settings)
+    token = read_env_file(path).get("FOUNDRY_API_TOKEN", "") if path.is_file() else ""
+    return f"{url}/#token={token}" if token else f"{url}/"
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     embedded: list[str] = [
         name
@@ -131,6 +139,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                         print(
                             f"foundry: cluster up; gateway at {url} (Ctrl-C stops it)", flush=True
                         )
+                        print(f"foundry: status page: {page_url(settings, url)}", flush=True)
                         announced = True
             except OSError:
                 if time.monotonic() > deadline:
@@ -186,6 +195,8 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     if args.task_id:
         body["task_id"] = args.task_id
     out = _http(settings, "POST", "/api/cluster/task/submit", body)
+    if args.follow:
+        return follow(settings, out["task_id"], args.timeout)
     if not args.wait:
         print(json.dumps(out))
         return 0
@@ -197,6 +208,66 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     )
     print(json.dumps(record, indent=2))
     return 0 if record["status"] == "completed" else 1
+
+
+def _sse(resp: Any) -> Any:
+    """(event, id, data) for each frame of a text/event-stream response."""
+    event, ident, data = "message", None, ""
+    for raw in resp:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if line.startswith("id: "):
+            ident = line[4:]
+        elif line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data += line[6:]
+        elif not line and data:
+            yield event, ident, json.loads(data)
+            event, ident, data = "message", None, ""
+
+
+def follow(settings: Settings, task_id: str, timeout: float) -> int:
+    """Print a task's output as it streams (stdout; stderr chunks to stderr), then its record.
+
+    A chunk of a later attempt voids what the earlier one printed: a note says so.
+    """
+    stream_url = f"{settings.gateway_base_url}/api/cluster/task/{task_id}/stream"
+    deadline = time.monotonic() + timeout
+    last_id: str | None = None
+    attempt = 0
+    while time.monotonic() < deadline:
+        headers = {**_headers(settings), "Accept": "text/event-stream"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        req = urllib.request.Request(stream_url, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=max(1.0, deadline - time.monotonic())) as resp:
+                for event, ident, data in _sse(resp):
+                    if event == "output":
+                        last_id = ident
+                        if data["attempt"] != attempt:
+                            if attempt:
+                                print(
+                                    f"\nfoundry: attempt {data['attempt']} (the output "
+                                    f"above, of attempt {attempt}, is void)",
+                                    file=sys.stderr,
+                                )
+                            attempt = data["attempt"]
+                        out = sys.stderr if data["stream"] == "stderr" else sys.stdout
+                        out.write(data["data"])
+                        out.flush()
+                    elif event == "end":
+                        print(json.dumps(data, indent=2))
+                        return 0 if data["status"] == "completed" else 1
+        except urllib.error.HTTPError as exc:
+            raise SystemExit(f"foundry: {exc.code} from the gateway following {task_id}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                break
+            print(f"foundry: stream interrupted ({exc}); reconnecting", file=sys.stderr)
+            time.sleep(0.5)
+    print(f"foundry: task {task_id} not finished within {timeout:g}s", file=sys.stderr)
+    return 1
 
 
 def cmd_heal(settings: Settings, args: argparse.Namespace) -> int:
@@ -275,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--input", help="JSON value for the task's input")
     sm.add_argument("--task-id")
     sm.add_argument("--wait", action="store_true", help="wait for the result")
+    sm.add_argument(
+        "--follow",
+        action="store_true",
+        help="print the task's output as it streams, then the result",
+    )
     sm.add_argument("--timeout", type=float, default=60.0)
     sm.set_defaults(func=cmd_submit)
     heal = sub.add_parser("heal", help="relaunch anything dead or silent now")

@@ -80,6 +80,10 @@ class Names:
     def dead(self, agent_type: str = "*") -> str:
         return f"{self.root}.dead.{agent_type}"
 
+    def output(self, agent_type: str = "*", task_id: str = ">") -> str:
+        """Where a worker streams a task's output (core NATS; ids may hold dots)."""
+        return f"{self.root}.output.{agent_type}.{task_id}"
+
     def cancel_notice(self) -> str:
         """Where the healer tells every worker to stop a task it has marked cancelled."""
         return f"{self.root}.control.cancel.notice"
@@ -118,3 +122,6 @@ class Names:
     def replay_counter_key(self, stem: str) -> str:
         """The last replay number used for ids ``<stem>.replay-<n>``."""
         return f"{self.key_prefix}:replays:{stem}"
+
+    def output_key(self, task_id: str) -> str:
+        return f"{self.key_prefix}:output:{task_id}"

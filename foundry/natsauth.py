@@ -121,6 +121,7 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
             publish=[
                 names.heartbeat(agent_type, "*"),
                 *(names.task_event(status, agent_type) for status in WORKER_STATUSES),
+                names.output(agent_type, ">"),  # streamed task output: its own type's only
                 f"{API}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
                 f"{API}.CONSUMER.INFO.{tasks}.{consumer}",
                 f"$JS.ACK.{tasks}.{consumer}.>",
@@ -173,7 +174,12 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 # dead letters: listed and replayed through the same kind of short-lived read
                 *_short_read(names.dead_stream),
             ],
-            subscribe=[inbox, _all(names, "heartbeat"), _all(names, "events")],
+            subscribe=[
+                inbox,
+                _all(names, "heartbeat"),
+                _all(names, "events"),
+                _all(names, "output"),  # relayed to task stream clients
+            ],
         )
     if role == MONITOR:
         return Permissions(

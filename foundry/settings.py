@@ -31,6 +31,7 @@ from foundry.settingsparse import (
     section,
     write_fields,
 )
+from foundry.settingsparse import choice as _choice
 from foundry.settingsparse import default_on as _default_on
 from foundry.settingsparse import existing_file as _file
 from foundry.settingsparse import flag as _bool
@@ -198,6 +199,17 @@ class Settings:
     scale_cooldown: float = _opt(
         "FOUNDRY_SCALE_COOLDOWN", _positive(float, 0.0, strict=False), 30.0
     )
+    # Live views: a task's streamed output kept per attempt; SSE keep-alives and buffers.
+    output_max_bytes: int = _opt("FOUNDRY_OUTPUT_MAX_BYTES", _size, 1024 * 1024)
+    sse_keepalive: float = _opt("FOUNDRY_SSE_KEEPALIVE", _positive(float), 15.0)
+    sse_buffer: int = _opt("FOUNDRY_SSE_BUFFER", _positive(int, 1, strict=False), 1000)
+    # Traces (OpenTelemetry, foundry.tracing): off unless FOUNDRY_TRACING=1.
+    tracing: bool = _opt("FOUNDRY_TRACING", _bool, False)
+    otel_exporter: str = _opt("FOUNDRY_OTEL_EXPORTER", _choice("otlp", "file", "console"), "otlp")
+    otel_endpoint: str = _opt(
+        "FOUNDRY_OTEL_ENDPOINT", _optional_url(("http", "https")), "", repr=False
+    )
+    otel_file: str = _opt("FOUNDRY_OTEL_FILE", str, "")
 
     def __post_init__(self) -> None:
         if self.fleet is None:

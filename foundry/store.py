@@ -1,8 +1,9 @@
 """Task status and results in Redis.
 
 ``foundry:task:<id>`` is a hash (status, agent_type, attempts, timings,
-worker, error); ``foundry:result:<id>`` holds the result as JSON. Both expire
-after ``FOUNDRY_RESULT_TTL``.
+worker, error); ``foundry:result:<id>`` holds the result as JSON;
+``foundry:output:<id>`` is a capped list of the task's streamed output chunks
+(``TaskOutput`` payloads, every attempt's). All expire after ``FOUNDRY_RESULT_TTL``.
 
 Writes are fenced by the JetStream delivery number: a worker may only claim or
 finish a task while no later delivery has claimed it, and never once a final
@@ -99,6 +100,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1],
 return 'cancelled'
 """
 
+OUTPUT_MAX_ENTRIES = 20_000  # chunks kept per task, whatever their size
 _HEALER_FENCE = 1 << 30  # above any real delivery number: no worker writes after the healer
 
 
@@ -266,3 +268,25 @@ class TaskStore:
             replay_of=_s(raw, "replay_of"),
             replayed_as=_s(raw, "replayed_as"),
         )
+
+    async def append_output(self, task_id: str, payloads: list[bytes]) -> None:
+        """Keep streamed output chunks with the task (the first OUTPUT_MAX_ENTRIES of them)."""
+        if not payloads:
+            return
+        key = self.names.output_key(task_id)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, *payloads)
+                pipe.ltrim(key, 0, OUTPUT_MAX_ENTRIES - 1)
+                pipe.expire(key, self.ttl)
+                await pipe.execute()
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+
+    async def output(self, task_id: str, start: int = 0) -> list[bytes]:
+        """The stored output chunks of a task from index ``start``, oldest first."""
+        try:
+            items = await self.redis.lrange(self.names.output_key(task_id), start, -1)
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        return [item if isinstance(item, bytes) else str(item).encode() for item in items]

@@ -9,7 +9,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from foundry.apitokens import METRICS, OPERATE, READ, SUBMIT
-from gateway import cluster, control_routes, deadletters, heal, replay, tasks
+from gateway import (
+    cluster,
+    control_routes,
+    deadletters,
+    events,
+    heal,
+    page,
+    replay,
+    stream,
+    tasks,
+)
 from gateway.jsonio import json_response
 from gateway.keys import OPENAPI
 from gateway.metrics import metrics_view
@@ -47,6 +57,31 @@ SUBMIT_HELP = (
     "is refused: those are the ids of tasks published without one. The token needs scope "
     "submit or submit:<agent_type>."
 )
+
+EVENTS_HELP = (
+    "Server-Sent Events when asked for with Accept: text/event-stream: one frame per task "
+    "lifecycle or heal event (event: its kind, id: its AGENT_EVENTS sequence, data: the event), "
+    "keep-alive comments, at most FOUNDRY_GATEWAY_MAX_WAIT seconds per connection; reconnect "
+    "with Last-Event-ID to get what was missed first. A client that falls FOUNDRY_SSE_BUFFER "
+    "frames behind is cut off. Without that Accept header: the events after Last-Event-ID "
+    "(else the newest 100) as JSON."
+)
+STREAM_HELP = (
+    "Server-Sent Events when asked for with Accept: text/event-stream: event: output per "
+    "chunk (id: <attempt>:<seq>; data: attempt, seq, stream, data), stored chunks first, "
+    "then live ones; a chunk of a later attempt voids the earlier attempt's output; then one "
+    "event: end with the task's record. Without that Accept header: the record with the "
+    "stored output as JSON."
+)
+PAGE_HELP = "The status page (no data in it; its API calls need a token). Public."
+EVENTS_BODY = {"type": "object", "required": ["events", "count", "last_event_id"]}
+STREAM_BODY = {"type": "object", "required": ["task_id", "status", "output"]}
+
+
+def _page_route(path: str, operation_id: str, media_type: str) -> Route:
+    return Route("GET", path, page.asset, None, operation_id, PAGE_HELP,
+                 (Answer(200, "The file", {"type": "string"}, media_type),))  # fmt: skip
+
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", cluster.health, None, "health", "Up or down (NATS and Redis)",
@@ -108,6 +143,19 @@ ROUTES: tuple[Route, ...] = (
           (Answer(200, "Released", ref("Released")),
            *errors(400, 404, 409, 415, 502, 503)),
           params=(heal.WORKER_ID,)),
+    Route("GET", "/api/cluster/events", events.events, READ, "clusterEvents",
+          "Task lifecycle and heal events, live (SSE), filtered by agent_type, kind, task_id, host",
+          (Answer(200, "Events (JSON form; SSE with Accept: text/event-stream)", EVENTS_BODY),
+           *errors(400, 503)),
+          params=events.PARAMS, description=EVENTS_HELP),
+    Route("GET", "/api/cluster/task/{task_id}/stream", stream.task_stream, READ, "streamTask",
+          "A task's output as it is emitted (SSE), then its final status",
+          (Answer(200, "Output (JSON form; SSE with Accept: text/event-stream)", STREAM_BODY),
+           *errors(400, 404, 503)),
+          params=(tasks.TASK_ID, stream.RESUME), description=STREAM_HELP),
+    _page_route("/", "statusPage", "text/html"),
+    _page_route("/static/app.js", "statusPageScript", "text/javascript"),
+    _page_route("/static/style.css", "statusPageStyle", "text/css"),
     Route("GET", "/api/openapi.json", openapi_view, READ, "openapi", "This document",
           (Answer(200, "OpenAPI 3.1", {"type": "object"}), *errors())),
     Route("GET", "/metrics", metrics_view, METRICS, "metrics",

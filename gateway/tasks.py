@@ -11,7 +11,7 @@ import nats.errors
 from aiohttp import web
 from nats.js.errors import APIError as JsAPIError
 
-from foundry import codec
+from foundry import codec, tracing
 from foundry.apitokens import SUBMIT
 from foundry.contracts import (
     MSG_ID_HEADER,
@@ -154,6 +154,7 @@ async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
     nc, js = request.app[NC], request.app[JS]
     subject = request.app[SETTINGS].names.tasks(task.agent_type)
     headers = {MSG_ID_HEADER: task.task_id}
+    tracing.current().inject(headers)  # traceparent of the submit span, when tracing is on
     last: Exception | None = None
     for _ in range(3):
         if not nc.is_connected:
@@ -186,7 +187,15 @@ async def submit(request: web.Request) -> web.Response:
             f"task is {len(payload)} bytes, over the {settings.max_task_bytes} byte "
             "limit (FOUNDRY_MAX_TASK_BYTES)",
         )
-    store = request.app[STORE]
+    with tracing.current().span(
+        "submit", kind="producer",
+        attributes={"task.id": task.task_id, "agent.type": task.agent_type},
+    ):  # fmt: skip
+        return await _submit(request, task, payload)
+
+
+async def _submit(request: web.Request, task: Task, payload: bytes) -> web.Response:
+    settings, store = request.app[SETTINGS], request.app[STORE]
     existing = await store.queue(task.task_id, task.agent_type, task.submitted_at)
     record = None
     if existing != "created":

@@ -200,6 +200,11 @@ def make_settings(
             # The built-in roles default to llm/exec/webhook; flow tests want plain echo.
             "handlers": dict.fromkeys(TEST_FLEET, "echo"),
             "api_tokens": str(api_tokens.path),
+            # JetStream reserves each stream's byte limit on the shared server: keep every
+            # test's streams small, or a few hundred namespaces exhaust its storage.
+            "tasks_max_bytes": 32 * 1024**2,
+            "events_max_bytes": 16 * 1024**2,
+            "dead_max_bytes": 16 * 1024**2,
         }
         base.update(overrides)
         if bus is not None and "nats_url" not in overrides:

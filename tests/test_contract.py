@@ -17,13 +17,14 @@ from aiohttp import ClientSession
 
 from foundry.servers import free_port
 from foundry.settings import Settings
+from gateway.page import PAGE_PATHS
 from tests.cluster import start_healer
 from tests.conftest import ApiTokens, eventually
 from tests.procs import ProcessGroup
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 MAX_EXAMPLES = "25"
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", *PAGE_PATHS}
 
 
 def schemathesis(
