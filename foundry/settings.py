@@ -214,6 +214,13 @@ def _uid_range(text: str) -> str:
     return f"{first}-{last}"
 
 
+def _lease_ttl(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 300:
+        raise ValueError("must be whole seconds from 1 to 300")
+    return value
+
+
 _VAR_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 
 
@@ -408,6 +415,11 @@ class Settings:
     tasks_max_bytes: int = _opt("FOUNDRY_TASKS_MAX_BYTES", _positive(_size), 1024**3)
     events_max_bytes: int = _opt("FOUNDRY_EVENTS_MAX_BYTES", _positive(_size), 256 * 1024**2)
     dead_max_bytes: int = _opt("FOUNDRY_DEAD_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    # Workflows (orchestrator): extra definitions, the state bucket's byte limit, and the
+    # leader lease's lifetime in whole seconds (a dead leader is replaced within it).
+    workflows_dir: str = _opt("FOUNDRY_WORKFLOWS_DIR", str, "")
+    workflows_max_bytes: int = _opt("FOUNDRY_WORKFLOWS_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    lease_ttl: int = _opt("FOUNDRY_LEASE_TTL", _lease_ttl, 3)
 
     def __post_init__(self) -> None:
         if self.fleet is None:
