@@ -198,9 +198,14 @@ class Engine:
             state.status = WorkflowStatus.WAITING_APPROVAL
             return [Announce(WorkflowEventKind.WAITING_APPROVAL, run)]
         run.task_id = step_task_id(state.workflow_id, step.name, round_)
-        description = text(render(step.description, lookup))
-        task_input = render(step.input, lookup)
-        return [Submit(run, description, task_input), Announce(WorkflowEventKind.STEP_STARTED, run)]
+        return [self.task_of(state, run), Announce(WorkflowEventKind.STEP_STARTED, run)]
+
+    def task_of(self, state: WorkflowState, run: StepRun) -> Submit:
+        """The task of a running step, rendered from the state. Rendering again after a
+        restart gives the same task: it reads only steps that finished before it began."""
+        step = self.d.step(run.step)
+        lookup = self._lookup(state)
+        return Submit(run, text(render(step.description, lookup)), render(step.input, lookup))
 
     def _close_round(self, state: WorkflowState, now: float, effects: list[Effect]) -> bool:
         loop = self.d.loop
