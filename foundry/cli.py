@@ -1,4 +1,4 @@
-"""The ``foundry`` command: ``up`` (embedded all-in-one), ``status``, ``submit``, ``heal``.
+"""The ``foundry`` command: ``up`` (embedded all-in-one), ``status``, ``submit``, ``heal``, ``run``.
 
 ``foundry up`` uses nats-server / redis-server already answering at
 FOUNDRY_NATS_URL / FOUNDRY_REDIS_URL, else starts embedded ones (data under
@@ -86,7 +86,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         )
         if not _answers(url, port)
     ]
-    services = ["gateway"] + (["monitor"] if importlib.util.find_spec("monitor") else [])
+    services = ["gateway"] + [
+        name for name in ("monitor", "orchestrator") if importlib.util.find_spec(name)
+    ]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "healer", "--services", ",".join(services)]
     if embedded:
@@ -204,6 +206,61 @@ def cmd_heal(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+FOLLOW_EVERY = 1.0
+
+
+def _step_line(run: dict[str, Any]) -> str:
+    took = run.get("duration_seconds")
+    timing = f" in {took:.1f}s" if isinstance(took, int | float) else ""
+    why = f": {str(run['error'])[:200]}" if run.get("error") else ""
+    who = run.get("agent_type") or "approval"
+    return f"  {run['step']}.{run['round']} ({who}) {run['status']}{timing}{why}"
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    url = _gateway_url(settings)
+    task_input: dict[str, Any] = {}
+    if args.input:
+        try:
+            task_input = json.loads(args.input)
+        except ValueError as exc:
+            raise SystemExit(f"foundry: --input is not JSON: {exc}") from None
+        if not isinstance(task_input, dict):
+            raise SystemExit("foundry: --input must be a JSON object")
+    task_input = {"description": args.description, **task_input}
+    body: dict[str, Any] = {"workflow": args.workflow, "input": task_input}
+    if args.id:
+        body["workflow_id"] = args.id
+    out = _http("POST", f"{url}/api/cluster/workflows", body)
+    workflow_id = out["workflow_id"]
+    if not args.follow:
+        print(json.dumps(out))
+        return 0
+    print(f"workflow {workflow_id} ({args.workflow}) started", flush=True)
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + args.timeout
+    while True:
+        state = _http("GET", f"{url}/api/cluster/workflows/{workflow_id}")
+        for run in state["steps"]:
+            key = f"{run['step']}.{run['round']}"
+            if seen.get(key) != run["status"]:
+                seen[key] = run["status"]
+                print(_step_line(run), flush=True)
+        status = state["status"]
+        if status in ("completed", "failed", "cancelled"):
+            error = f": {state['error']}" if state.get("error") else ""
+            print(f"workflow {workflow_id} {status} after {state['round']} round(s){error}")
+            return 0 if status == "completed" else 1
+        if status == "waiting_approval" and "approval" not in seen.values():
+            seen["approval"] = "approval"
+            print(f"  waiting for approval: POST {url}/api/cluster/workflows/{workflow_id}"
+                  "/approve (scope operate)", flush=True)  # fmt: skip
+        if time.monotonic() > deadline:
+            print(f"foundry: still {status} after {args.timeout:g}s", file=sys.stderr)
+            return 1
+        time.sleep(FOLLOW_EVERY)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="foundry", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -225,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(func=cmd_submit)
     heal = sub.add_parser("heal", help="relaunch anything dead or silent now")
     heal.set_defaults(func=cmd_heal)
+    run = sub.add_parser("run", help="start a workflow through the gateway (e.g. build)")
+    run.add_argument("workflow")
+    run.add_argument("description", help="input.description")
+    run.add_argument("--input", help="more input, a JSON object")
+    run.add_argument("--id", help="the workflow id (a retried run with it starts one)")
+    run.add_argument("--follow", action="store_true", help="print each step until it ends")
+    run.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow")
+    run.set_defaults(func=cmd_run)
     return parser
 
 
