@@ -3,6 +3,7 @@ message naming the file and the problem."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,17 @@ def test_filters_find_code_and_verdicts() -> None:
     }
     assert verdict("looks great to me") == {"verdict": "revise", "reasons": ["looks great to me"]}
     assert verdict('{"verdict": "maybe"}')["verdict"] == "revise"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_documented_definitions_load_as_written() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Workflows") : readme.index("## HTTP API")]
+    docs = (ROOT / "docs" / "workflows.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", section + docs, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        definition = parse_definition(block, "documented")
+        assert definition.loop is not None and definition.steps
