@@ -13,11 +13,11 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import ClientSession, web
 
-from tests.conftest import RunningApp
 from tests.fakes import FakeLLM
 
 ROLES = ("architect", "coder", "critic")
@@ -76,6 +76,24 @@ class ScriptedLLM:
         self.scripts[(marker, "critic")] = list(critic)
 
 
+class Api(Protocol):
+    """A gateway to talk to: an in-process one (RunningApp) or one a healer runs."""
+
+    http: ClientSession
+
+    def url(self, path: str) -> str: ...
+
+
+class Remote:
+    """A gateway on a known port (run by a healer), with an admin session."""
+
+    def __init__(self, base: str, http: ClientSession) -> None:
+        self.base, self.http = base, http
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
 def llm_settings(llm_url: str, hook_url: str) -> dict[str, Any]:
     """Settings for a fleet running the real built-in handlers against the local fakes."""
     return {
@@ -87,14 +105,14 @@ def llm_settings(llm_url: str, hook_url: str) -> dict[str, Any]:
     }
 
 
-async def start_workflow(gw: RunningApp, **body: Any) -> dict[str, Any]:
+async def start_workflow(gw: Api, **body: Any) -> dict[str, Any]:
     async with gw.http.post(gw.url("/api/cluster/workflows"), json=body) as resp:
         out: dict[str, Any] = await resp.json()
         assert resp.status == 202, out
         return out
 
 
-async def workflow(gw: RunningApp, workflow_id: str, wait: float = 0) -> dict[str, Any]:
+async def workflow(gw: Api, workflow_id: str, wait: float = 0) -> dict[str, Any]:
     url = gw.url(f"/api/cluster/workflows/{workflow_id}?wait={wait:g}")
     async with gw.http.get(url) as resp:
         out: dict[str, Any] = await resp.json()
@@ -102,15 +120,20 @@ async def workflow(gw: RunningApp, workflow_id: str, wait: float = 0) -> dict[st
         return out
 
 
-async def settled(gw: RunningApp, workflow_id: str, timeout: float = 90) -> dict[str, Any]:
+async def settled(gw: Api, workflow_id: str, timeout: float = 90) -> dict[str, Any]:
     """The workflow once finished or waiting for approval (long-polls, retrying 503s)."""
     deadline = time.monotonic() + timeout
+    out: Any = None
     while True:
-        async with gw.http.get(gw.url(f"/api/cluster/workflows/{workflow_id}?wait=20")) as r:
-            out: dict[str, Any] = await r.json()
-        if r.status == 200 and out["status"] != "running":
-            return out
-        assert r.status in (200, 503), out
+        try:
+            url = gw.url(f"/api/cluster/workflows/{workflow_id}?wait=20")
+            async with gw.http.get(url) as r:
+                out = await r.json()
+            if r.status == 200 and out["status"] != "running":
+                return dict(out)
+            assert r.status in (200, 503), out
+        except aiohttp.ClientConnectionError as exc:  # a gateway being relaunched
+            out = repr(exc)
         assert time.monotonic() < deadline, f"workflow {workflow_id} still {out}"
         await asyncio.sleep(0.2)
 
