@@ -418,7 +418,7 @@ class Settings:
     # Workflows (orchestrator): extra definitions, the state bucket's byte limit, and the
     # leader lease's lifetime in whole seconds (a dead leader is replaced within it).
     workflows_dir: str = _opt("FOUNDRY_WORKFLOWS_DIR", str, "")
-    workflows_max_bytes: int = _opt("FOUNDRY_WORKFLOWS_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    workflows_max_bytes: int = _opt("FOUNDRY_WORKFLOWS_MAX_BYTES", _positive(_size), 64 * 1024**2)
     lease_ttl: int = _opt("FOUNDRY_LEASE_TTL", _lease_ttl, 3)
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from foundry.connect import connect_nats, connect_redis
-from foundry.contracts import TaskEvent, TaskStatus
+from foundry.contracts import FINAL_STATUSES, TaskEvent, TaskStatus
 from foundry.contracts.workflow import (
     STATUS_COUNTS,
     StepStatus,
@@ -99,9 +99,9 @@ class Orchestrator:
         began = time.monotonic()
         self.leading = True
         nc, names = self.nc, self.names
-        self._lead_subs.append(
-            await nc.subscribe(names.events("task", "*", "*"), cb=self._on_task_event)
-        )
+        for status in FINAL_STATUSES:  # not task.running or task.queued: half the traffic
+            subject = names.task_event(status, "*")
+            self._lead_subs.append(await nc.subscribe(subject, cb=self._on_task_event))
         for verb in (WorkflowVerb.START, WorkflowVerb.CANCEL, WorkflowVerb.APPROVE):
             cb = self.control.callback(verb)
             self._lead_subs.append(await nc.subscribe(names.workflows(verb), queue=QUEUE, cb=cb))
