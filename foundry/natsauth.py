@@ -144,7 +144,6 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 names.dead("*"),
                 f"$JS.ACK.{tasks}.>",  # nak / term the tasks of a dead worker
                 *_stream_api(names, "INFO", "CREATE", "UPDATE"),
-                *_stream_api(names, "INFO", "CREATE", "UPDATE", streams=_buckets(names)),
                 f"{API}.STREAM.MSG.GET.{tasks}",
                 f"{API}.STREAM.MSG.DELETE.{tasks}",
                 *(s for t in agent_types for s in _consumer_create(tasks, names.consumer(t))),
@@ -169,7 +168,6 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 *(names.control(v) for v in ("ping", "status", "heal", "release", "cancel")),
                 names.workflows("*"),  # start, get, cancel, approve: the orchestrator answers
                 *_stream_api(names, "INFO"),
-                *_stream_api(names, "INFO", streams=_buckets(names)),
                 f"{API}.CONSUMER.INFO.{tasks}.*",
                 # heal history: a short-lived ordered read of the heal events
                 f"{API}.CONSUMER.CREATE.{events}",
@@ -190,7 +188,8 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 names.control("cancel"),  # cancelling a workflow cancels its running steps
                 *_kv_access(names, names.workflow_bucket),
                 *_kv_access(names, names.lease_bucket),
-                *_stream_api(names, "INFO", streams=_buckets(names)),
+                # it creates its buckets at start (only clusters with workflows hold them)
+                *_stream_api(names, "INFO", "CREATE", "UPDATE", streams=_buckets(names)),
             ],
             subscribe=[inbox, names.workflows("*"), names.events("task", ">")],
             allow_responses=True,

@@ -208,7 +208,9 @@ async def ensure_streams(
 
 
 async def ensure_buckets(js: JetStreamContext, settings: Settings) -> None:
-    """Create the workflow and lease KV buckets, or update them where they differ."""
+    """Create the workflow and lease KV buckets, or update them where they differ. The
+    orchestrator does this at start, so only clusters that run workflows hold them (a
+    bucket's byte limit is reserved in JetStream's storage)."""
     await ensure_streams(js, settings, bucket_configs(settings))
 
 
@@ -230,8 +232,7 @@ async def ensure_consumer(js: JetStreamContext, settings: Settings, agent_type: 
 async def provision(
     js: JetStreamContext, settings: Settings, types: list[str] | None = None
 ) -> None:
-    """Streams, KV buckets, and one consumer per agent type (default: the fleet's types)."""
+    """Streams plus one consumer per agent type (default: the fleet's types)."""
     await ensure_streams(js, settings)
-    await ensure_buckets(js, settings)
     for agent_type in types if types is not None else settings.agent_types:
         await ensure_consumer(js, settings, agent_type)

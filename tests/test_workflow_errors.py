@@ -12,7 +12,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from foundry.contracts.workflow import StepRun, StepStatus, WorkflowState
-from foundry.natsauth import GATEWAY, ORCHESTRATOR
+from foundry.natsauth import GATEWAY, HEALER, ORCHESTRATOR
+from foundry.provision import ensure_buckets
 from foundry.settings import Settings
 from tests.conftest import Gateway, eventually
 from tests.procs import ROOT, ProcessGroup, child_env
@@ -104,6 +105,7 @@ async def test_orchestrator_role_does_its_job_and_no_more(
 ) -> None:
     names = settings.names
     orch = await connect_as(ORCHESTRATOR)
+    await ensure_buckets(orch.js, settings)  # its own buckets: it may create them
     gateway = await connect_as(GATEWAY)
     events = await watching(nc, names.workflow_event())
     # The orchestrator submits tasks, announces workflow events and writes workflow state
@@ -137,5 +139,8 @@ async def test_orchestrator_role_does_its_job_and_no_more(
     await orch.api_refused(delete, orch.js.delete_stream(stream))
     await orch.nc.subscribe(names.heartbeat())
     await orch.refused(names.heartbeat())
-    # and the gateway may not write workflow state
+    # and the gateway may not write workflow state, nor the healer create the buckets
     await gateway.publish_refused(subject, state.to_payload())
+    healer = await connect_as(HEALER)
+    create = f"$JS.API.STREAM.CREATE.{stream}"
+    await healer.api_refused(create, healer.nc.request(create, b"{}", timeout=1))

@@ -20,17 +20,29 @@ from foundry.servers import free_port
 from foundry.settings import Settings
 from tests.cluster import slots, start_healer, wait_running
 from tests.conftest import ApiTokens, eventually
-from tests.fakes import WebhookReceiver, serve, webhook_app
 from tests.procs import ProcessGroup
 from tests.workflowfakes import (
     APPROVE,
+    Fakes,
     Remote,
     ScriptedLLM,
+    fakes,
     llm_settings,
     settled,
     start_workflow,
     steps_of,
 )
+
+__all__ = ["fakes"]  # the fixture, used by name below
+
+
+@pytest.fixture
+def settings(make_settings: Any, fakes: Fakes) -> Settings:
+    """The fleet with default handlers against the fakes, the gateway on a known port."""
+    out: Settings = make_settings(
+        **llm_settings(fakes.llm_url, fakes.hook_url), gateway_port=free_port()
+    )
+    return out
 
 
 async def lease_holder(nc: NATS, settings: Settings) -> str | None:
@@ -48,39 +60,34 @@ async def lease_holder(nc: NATS, settings: Settings) -> str | None:
 
 @pytest.mark.timeout(240)
 async def test_killed_worker_leader_and_gateway_resume_without_rerunning_finished_steps(
-    make_settings: Any, api_tokens: ApiTokens, procs: ProcessGroup, nc: NATS
+    settings: Settings, fakes: Fakes, api_tokens: ApiTokens, procs: ProcessGroup, nc: NATS
 ) -> None:
     # Given a build workflow whose coder and critic take a moment to answer
-    llm = ScriptedLLM()
+    llm = fakes.llm
     llm.script("kilo", APPROVE)
     llm.hold[("kilo", "coder")] = 1.0
     llm.hold[("kilo", "critic")] = 0.3  # shorter than a takeover: stored while none leads
-    receiver = WebhookReceiver()
-    async with serve(llm.app()) as llm_url, serve(webhook_app(receiver)) as hook_url:
-        # and a healer running the gateway, the orchestrator and the fleet, plus a standby
-        # orchestrator
-        settings: Settings = make_settings(
-            **llm_settings(llm_url, hook_url), gateway_port=free_port()
-        )
-        start_healer(procs, settings, "--services", "gateway,orchestrator")
-        procs.start(["-m", "orchestrator"], settings, "orchestrator-standby", ORCHESTRATOR)
-        await wait_running(nc, settings, timeout=60)
-        http = ClientSession(headers=api_tokens.header(api_tokens.admin))
-        gw = Remote(f"http://127.0.0.1:{settings.gateway_port}", http)
-        try:
-            await eventually(lambda: _answers(gw), 30, interval=0.2)
-            await start_workflow(gw, workflow="build", input={"description": "kilo"},
-                                 workflow_id="wf-kilo")  # fmt: skip
-            state, runs, takeover, leader_killed = await _kill_all_three(gw, llm, nc, settings)
-        finally:
-            await http.close()
-        assert state["status"] == "completed", (state, procs.logs())
-        # Then no finished step ran again: one plan, one review, one deploy; the killed
-        # coder step ran twice (its first run never finished), the rest once
-        assert llm.calls[("kilo", "architect")] == 1
-        assert llm.calls[("kilo", "coder")] == 2 and runs["code.1"]["attempts"] == 2
-        assert llm.calls[("kilo", "critic")] == 1
-        assert len(receiver.requests) == 1 and runs["deploy.1"]["attempts"] == 1
+    # and a healer running the gateway, the orchestrator and the fleet, plus a standby
+    # orchestrator
+    start_healer(procs, settings, "--services", "gateway,orchestrator")
+    procs.start(["-m", "orchestrator"], settings, "orchestrator-standby", ORCHESTRATOR)
+    await wait_running(nc, settings, timeout=60)
+    http = ClientSession(headers=api_tokens.header(api_tokens.admin))
+    gw = Remote(f"http://127.0.0.1:{settings.gateway_port}", http)
+    try:
+        await eventually(lambda: _answers(gw), 30, interval=0.2)
+        await start_workflow(gw, workflow="build", input={"description": "kilo"},
+                             workflow_id="wf-kilo")  # fmt: skip
+        state, runs, takeover, leader_killed = await _kill_all_three(gw, llm, nc, settings)
+    finally:
+        await http.close()
+    assert state["status"] == "completed", (state, procs.logs())
+    # Then no finished step ran again: one plan, one review, one deploy; the killed
+    # coder step ran twice (its first run never finished), the rest once
+    assert llm.calls[("kilo", "architect")] == 1
+    assert llm.calls[("kilo", "coder")] == 2 and runs["code.1"]["attempts"] == 2
+    assert llm.calls[("kilo", "critic")] == 1
+    assert len(fakes.receiver.requests) == 1 and runs["deploy.1"]["attempts"] == 1
     review_done = runs["review.1"]["finished_at"]
     assert review_done < leader_killed + takeover  # the result came while no one led
     resumed = runs["deploy.1"]["submitted_at"] - leader_killed

@@ -10,6 +10,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from foundry.lease import Lease
+from foundry.provision import ensure_buckets
 from foundry.settings import Settings
 from tests.conftest import eventually
 
@@ -17,6 +18,7 @@ from tests.conftest import eventually
 async def takeover(nc: NATS, settings: Settings, ttl: int) -> float:
     """Seconds from a holder's last renewal to another process holding the lease."""
     js = nc.jetstream()
+    await ensure_buckets(js, settings)  # as an orchestrator does at start
     bucket = settings.names.lease_bucket
     first = Lease(js, bucket, f"ttl{ttl}", ttl, holder="first")
     second = Lease(js, bucket, f"ttl{ttl}", ttl, holder="second")
@@ -54,6 +56,7 @@ async def test_run_loops_elect_one_leader_and_hand_over_on_stop(
 ) -> None:
     # Given two processes' lease loops on one key
     js = nc.jetstream()
+    await ensure_buckets(js, settings)
     leaders: list[str] = []
     stops = {name: asyncio.Event() for name in ("a", "b")}
 

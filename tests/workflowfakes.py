@@ -12,13 +12,15 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import pytest
 from aiohttp import ClientSession, web
 
-from tests.fakes import FakeLLM
+from tests.fakes import FakeLLM, WebhookReceiver, serve, webhook_app
 
 ROLES = ("architect", "coder", "critic")
 APPROVE = '{"verdict": "approve", "reasons": []}'
@@ -92,6 +94,25 @@ class Remote:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+
+@dataclass
+class Fakes:
+    """The scripted model and the webhook receiver a test's fleet talks to."""
+
+    llm: ScriptedLLM
+    receiver: WebhookReceiver
+    llm_url: str
+    hook_url: str
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    """Both fakes, serving before the test's settings are made (so ``nc``, which tears
+    down the namespace of ``settings``, cleans up this test's streams)."""
+    llm, receiver = ScriptedLLM(), WebhookReceiver()
+    async with serve(llm.app()) as llm_url, serve(webhook_app(receiver)) as hook_url:
+        yield Fakes(llm, receiver, llm_url, hook_url)
 
 
 def llm_settings(llm_url: str, hook_url: str) -> dict[str, Any]:
