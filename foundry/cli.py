@@ -1,5 +1,5 @@
 """The ``foundry`` command: ``up`` (embedded all-in-one), ``status``, ``submit``, ``heal``,
-``cancel``, ``dead`` (list dead letters) and ``replay``.
+``cancel``, ``dead`` (list dead letters), ``replay`` and ``run`` (a workflow).
 
 ``foundry up`` uses nats-server / redis-server already answering at
 FOUNDRY_NATS_URL / FOUNDRY_REDIS_URL, else starts embedded ones (data under
@@ -22,9 +22,11 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from foundry import embedded as embedded_mod
+from foundry.clihttp import gateway_call as _http
+from foundry.cliops import cmd_cancel, cmd_dead, cmd_replay, cmd_run, follow
 from foundry.embedded import prepare as prepare_embedded
 from foundry.errors import ConfigError
 from foundry.secrets import read_env_file
@@ -38,40 +40,6 @@ def client_environ(environ: Mapping[str, str], path: Path) -> dict[str, str]:
     """``environ`` over the ``KEY=value`` entries of ``path`` (explicit environment wins)."""
     base = read_env_file(path) if path.is_file() else {}
     return {**base, **environ}
-
-
-def _headers(settings: Settings) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    if settings.api_token:
-        headers["Authorization"] = f"Bearer {settings.api_token}"
-    return headers
-
-
-def _http(
-    settings: Settings,
-    method: str,
-    path: str,
-    body: dict[str, Any] | None = None,
-    timeout: float = 10,
-) -> Any:
-    """``method`` on the gateway's ``path``, with the API token when there is one."""
-    url = f"{settings.gateway_base_url}{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=_headers(settings))
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail).get("message", detail)
-        except (ValueError, AttributeError):
-            pass
-        raise SystemExit(f"foundry: {exc.code} from the gateway: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise SystemExit(
-            f"foundry: cannot reach the gateway at {url} ({exc}); is the cluster up (make up)?"
-        ) from None
 
 
 def _answers(url: str, default_port: int) -> bool:
@@ -96,7 +64,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         )
         if not _answers(url, port)
     ]
-    services = ["gateway"] + (["monitor"] if importlib.util.find_spec("monitor") else [])
+    services = ["gateway"] + [
+        name for name in ("monitor", "orchestrator") if importlib.util.find_spec(name)
+    ]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "healer", "--services", ",".join(services)]
     if embedded:
@@ -210,122 +180,9 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if record["status"] == "completed" else 1
 
 
-def _sse(resp: Any) -> Any:
-    """(event, id, data) for each frame of a text/event-stream response."""
-    event, ident, data = "message", None, ""
-    for raw in resp:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if line.startswith("id: "):
-            ident = line[4:]
-        elif line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            data += line[6:]
-        elif not line and data:
-            yield event, ident, json.loads(data)
-            event, ident, data = "message", None, ""
-
-
-def follow(settings: Settings, task_id: str, timeout: float) -> int:
-    """Print a task's output as it streams (stdout; stderr chunks to stderr), then its record.
-
-    A chunk of a later attempt voids what the earlier one printed: a note says so.
-    """
-    stream_url = f"{settings.gateway_base_url}/api/cluster/task/{task_id}/stream"
-    deadline = time.monotonic() + timeout
-    last_id: str | None = None
-    attempt = 0
-    while time.monotonic() < deadline:
-        headers = {**_headers(settings), "Accept": "text/event-stream"}
-        if last_id is not None:
-            headers["Last-Event-ID"] = last_id
-        req = urllib.request.Request(stream_url, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=max(1.0, deadline - time.monotonic())) as resp:
-                for event, ident, data in _sse(resp):
-                    if event == "output":
-                        last_id = ident
-                        if data["attempt"] != attempt:
-                            if attempt:
-                                print(
-                                    f"\nfoundry: attempt {data['attempt']} (the output "
-                                    f"above, of attempt {attempt}, is void)",
-                                    file=sys.stderr,
-                                )
-                            attempt = data["attempt"]
-                        out = sys.stderr if data["stream"] == "stderr" else sys.stdout
-                        out.write(data["data"])
-                        out.flush()
-                    elif event == "end":
-                        print(json.dumps(data, indent=2))
-                        return 0 if data["status"] == "completed" else 1
-        except urllib.error.HTTPError as exc:
-            raise SystemExit(f"foundry: {exc.code} from the gateway following {task_id}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            if time.monotonic() >= deadline:
-                break
-            print(f"foundry: stream interrupted ({exc}); reconnecting", file=sys.stderr)
-            time.sleep(0.5)
-    print(f"foundry: task {task_id} not finished within {timeout:g}s", file=sys.stderr)
-    return 1
-
-
 def cmd_heal(settings: Settings, args: argparse.Namespace) -> int:
     out = _http(settings, "POST", "/api/cluster/heal")
     print(out["message"])
-    return 0
-
-
-def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
-    task_id = quote(args.task_id, safe="")
-    out = _http(settings, "POST", f"/api/cluster/task/{task_id}/cancel")
-    print(f"{out['task_id']}: {out['status']}{' (already)' if out.get('already') else ''}")
-    return 0
-
-
-def _filters(args: argparse.Namespace) -> dict[str, str]:
-    pairs = {"agent_type": args.type, "reason": args.reason}
-    return {k: v for k, v in pairs.items() if v}
-
-
-def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
-    query = urlencode({**_filters(args), "limit": args.limit})
-    out = _http(settings, "GET", f"/api/cluster/dead?{query}")
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    cols = ("task_id", "agent_type", "action", "dead_at", "replayed_as", "reason")
-    rows = [
-        [str(d[c]) if c != "dead_at" else time.strftime("%Y-%m-%d %H:%M:%S",
-                                                         time.localtime(d[c]))
-         for c in cols]
-        for d in out["dead_letters"]
-    ]  # fmt: skip
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-    more = " (scan truncated)" if out["truncated"] else ""
-    print(f"{out['count']} shown of {out['total']} matching{more}")
-    return 0
-
-
-def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    if args.task_id and (args.all or args.type or args.reason or args.dry_run):
-        raise SystemExit("foundry: replay takes a task id, or --all with filters; not both")
-    if args.task_id:
-        one = _http(settings, "POST", f"/api/cluster/dead/{quote(args.task_id, safe='')}/replay")
-        print(f"{one['task_id']} replayed as {one['new_task_id']}")
-        return 0
-    if not args.all:
-        raise SystemExit("foundry: replay needs a task id, or --all (with --type/--reason)")
-    query = urlencode({**_filters(args), **({"dry_run": 1} if args.dry_run else {})})
-    out = _http(settings, "POST", f"/api/cluster/dead/replay?{query}", timeout=60)
-    for letter in out["letters"]:
-        print(f"{letter['task_id']} -> {letter.get('new_task_id', '(dry run)')}")
-    verb = "would replay" if out["dry_run"] else "replayed"
-    tail = "; more match: run it again" if out["more"] else ""
-    print(f"{verb} {out['count']}; {out['already_replayed']} replayed before{tail}")
     return 0
 
 
@@ -370,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--json", action="store_true")
     dead.set_defaults(func=cmd_dead)
     replay.set_defaults(func=cmd_replay)
+    run = sub.add_parser("run", help="start a workflow through the gateway (e.g. build)")
+    run.add_argument("workflow")
+    run.add_argument("description", help="input.description")
+    run.add_argument("--input", help="more input, a JSON object")
+    run.add_argument("--id", help="the workflow id (a retried run with it starts one)")
+    run.add_argument("--follow", action="store_true", help="print each step until it ends")
+    run.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

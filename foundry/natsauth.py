@@ -1,6 +1,6 @@
 """NATS users and subject allow-lists, one per role, and the nats-server config that holds them.
 
-Roles: ``healer``, ``gateway``, ``monitor``, ``client`` (people and the ``nats``
+Roles: ``healer``, ``gateway``, ``monitor``, ``orchestrator``, ``client`` (people and the ``nats``
 CLI), ``admin``, and one ``worker-<type>`` per agent type, so a worker can
 publish, fetch and ack only for its own type. Every list is generated for one
 namespace (subjects ``<ns>.agents.…``, streams ``<NS>_AGENT_…``); user names
@@ -20,9 +20,10 @@ from foundry.contracts import TaskStatus
 from foundry.names import Names
 
 HEALER, GATEWAY, MONITOR, CLIENT, ADMIN = "healer", "gateway", "monitor", "client", "admin"
+ORCHESTRATOR = "orchestrator"
 WORKER_PREFIX = "worker-"
 # Services the healer launches (plus the healer itself); people use client or admin.
-SERVICE_ROLES = (HEALER, GATEWAY, MONITOR)
+SERVICE_ROLES = (HEALER, GATEWAY, MONITOR, ORCHESTRATOR)
 PERSON_ROLES = (CLIENT, ADMIN)
 CLIENT_INBOX = "_INBOX"  # the nats CLI's default reply prefix
 # DEAD: re-announced on a duplicate delivery of a dead-lettered task
@@ -87,6 +88,22 @@ def _stream_api(names: Names, *verbs: str, streams: Iterable[str] | None = None)
 
 def _streams(names: Names) -> list[str]:
     return [names.tasks_stream, names.events_stream, names.dead_stream]
+
+
+def _buckets(names: Names) -> list[str]:
+    """The streams behind the KV buckets (workflow state, leases)."""
+    return [names.kv_stream(names.workflow_bucket), names.kv_stream(names.lease_bucket)]
+
+
+def _kv_access(names: Names, bucket: str) -> list[str]:
+    """Read and write one KV bucket's keys (revision-checked puts, direct gets)."""
+    stream = names.kv_stream(bucket)
+    return [
+        names.kv_subject(bucket),
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+        f"{API}.STREAM.MSG.GET.{stream}",
+    ]
 
 
 def _consumer_create(stream: str, consumer: str) -> list[str]:
@@ -162,6 +179,7 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 names.task_event(TaskStatus.QUEUED, "*"),
                 names.heal_event("audit"),  # operator actions, naming the API token
                 *(names.control(v) for v in ("ping", "status", "heal", "release", "cancel")),
+                names.workflows("*"),  # start, get, cancel, approve: the orchestrator answers
                 *_stream_api(names, "INFO"),
                 f"{API}.CONSUMER.INFO.{tasks}.*",
                 # heal history: a short-lived ordered read of the heal events
@@ -180,6 +198,21 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 _all(names, "events"),
                 _all(names, "output"),  # relayed to task stream clients
             ],
+        )
+    if role == ORCHESTRATOR:
+        return Permissions(
+            publish=[
+                names.tasks("*"),  # each step is a task
+                names.task_event(TaskStatus.QUEUED, "*"),
+                names.workflow_event(">"),
+                names.control("cancel"),  # cancelling a workflow cancels its running steps
+                *_kv_access(names, names.workflow_bucket),
+                *_kv_access(names, names.lease_bucket),
+                # it creates its buckets at start (only clusters with workflows hold them)
+                *_stream_api(names, "INFO", "CREATE", "UPDATE", streams=_buckets(names)),
+            ],
+            subscribe=[inbox, names.workflows("*"), names.events("task", ">")],
+            allow_responses=True,
         )
     if role == MONITOR:
         return Permissions(

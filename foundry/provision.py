@@ -94,6 +94,46 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
+LEASE_BUCKET_BYTES = 1024 * 1024
+LEASE_VALUE_BYTES = 4096
+
+
+def _bucket(bucket: str, **limits: Any) -> StreamConfig:
+    """A JetStream KV bucket's stream, as nats-py's create_key_value makes it (history 1)."""
+    return StreamConfig(
+        name=f"KV_{bucket}",
+        subjects=[f"$KV.{bucket}.>"],
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_msgs_per_subject=1,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+        allow_direct=True,
+        duplicate_window=120.0,
+        **limits,
+    )
+
+
+def bucket_configs(settings: Settings) -> list[StreamConfig]:
+    """The workflow state bucket (kept FOUNDRY_RESULT_TTL after each change) and the lease
+    bucket (each lease a key with a per-message TTL: it vanishes when not renewed)."""
+    names = settings.names
+    return [
+        _bucket(
+            names.workflow_bucket,
+            max_age=float(settings.result_ttl),
+            max_bytes=settings.workflows_max_bytes,
+            max_msg_size=dead_msg_bytes(settings),
+        ),
+        _bucket(
+            names.lease_bucket,
+            allow_msg_ttl=True,
+            max_bytes=LEASE_BUCKET_BYTES,
+            max_msg_size=LEASE_VALUE_BYTES,
+        ),
+    ]
+
+
 def consumer_config(settings: Settings, agent_type: str) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=settings.names.consumer(agent_type),
@@ -146,9 +186,12 @@ def differs(want: Any, have: Any) -> list[str]:
     return out
 
 
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create AGENT_TASKS, AGENT_EVENTS and AGENT_DEAD, or update them where they differ."""
-    for config in stream_configs(settings):
+async def ensure_streams(
+    js: JetStreamContext, settings: Settings, configs: list[StreamConfig] | None = None
+) -> None:
+    """Create AGENT_TASKS, AGENT_EVENTS and AGENT_DEAD (or ``configs``), or update them
+    where they differ."""
+    for config in stream_configs(settings) if configs is None else configs:
         assert config.name is not None
         try:
             info = await js.stream_info(config.name)
@@ -162,6 +205,13 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
         changed = differs(config, info.config)
         if changed:
             await _update(f"stream {config.name}", changed, js.update_stream(config))
+
+
+async def ensure_buckets(js: JetStreamContext, settings: Settings) -> None:
+    """Create the workflow and lease KV buckets, or update them where they differ. The
+    orchestrator does this at start, so only clusters that run workflows hold them (a
+    bucket's byte limit is reserved in JetStream's storage)."""
+    await ensure_streams(js, settings, bucket_configs(settings))
 
 
 async def ensure_consumer(js: JetStreamContext, settings: Settings, agent_type: str) -> None:

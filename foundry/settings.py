@@ -36,6 +36,7 @@ from foundry.settingsparse import default_on as _default_on
 from foundry.settingsparse import existing_file as _file
 from foundry.settingsparse import flag as _bool
 from foundry.settingsparse import grants as _grants
+from foundry.settingsparse import lease_ttl as _lease_ttl
 from foundry.settingsparse import lower_words as _lower_words
 from foundry.settingsparse import max_wait as _max_wait
 from foundry.settingsparse import namespace_name as _namespace
@@ -210,6 +211,11 @@ class Settings:
         "FOUNDRY_OTEL_ENDPOINT", _optional_url(("http", "https")), "", repr=False
     )
     otel_file: str = _opt("FOUNDRY_OTEL_FILE", str, "")
+    # Workflows (orchestrator): extra definitions, the state bucket's byte limit, and the
+    # leader lease's lifetime in whole seconds (a dead leader is replaced within it).
+    workflows_dir: str = _opt("FOUNDRY_WORKFLOWS_DIR", str, "")
+    workflows_max_bytes: int = _opt("FOUNDRY_WORKFLOWS_MAX_BYTES", _positive(_size), 64 * 1024**2)
+    lease_ttl: int = _opt("FOUNDRY_LEASE_TTL", _lease_ttl, 3)
 
     def __post_init__(self) -> None:
         if self.fleet is None:

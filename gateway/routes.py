@@ -19,6 +19,7 @@ from gateway import (
     replay,
     stream,
     tasks,
+    workflows,
 )
 from gateway.jsonio import json_response
 from gateway.keys import OPENAPI
@@ -36,8 +37,8 @@ ERRORS = {
     415: "A body that is not Content-Type: application/json",
     421: "The Host header does not name this gateway (FOUNDRY_GATEWAY_ALLOWED_HOSTS)",
     429: "Queue full (FOUNDRY_MAX_QUEUE_PER_TYPE)",
-    502: "The healer answered with an error; the message gives its reason",
-    503: "NATS, Redis or the healer unreachable",
+    502: "The healer (or the orchestrator) answered with an error; the message gives its reason",
+    503: "NATS, Redis, the healer or the orchestrator unreachable",
 }
 GUARDED = (401, 403, 421)  # every route but /health may answer these
 
@@ -156,6 +157,29 @@ ROUTES: tuple[Route, ...] = (
     _page_route("/", "statusPage", "text/html"),
     _page_route("/static/app.js", "statusPageScript", "text/javascript"),
     _page_route("/static/style.css", "statusPageStyle", "text/css"),
+    Route("POST", "/api/cluster/workflows", workflows.start, SUBMIT, "startWorkflow",
+          "Start a workflow (scope submit: its steps are tasks of several types); a retried "
+          "start with the same workflow_id starts one",
+          (Answer(202, "Started", workflows.STARTED), *errors(400, 404, 409, 415, 502, 503)),
+          body=workflows.START_BODY,
+          description="404 when no definition has that name; 400 when the input lacks what "
+                      "the definition requires; 503 while no orchestrator leads."),
+    Route("GET", "/api/cluster/workflows/{workflow_id}", workflows.get, READ, "getWorkflow",
+          "A workflow: status, round, every step run with its task, timings and result; "
+          "?wait=seconds long-polls until it is finished or waits for approval",
+          (Answer(200, "The workflow", workflows.WORKFLOW), *errors(400, 404, 502, 503)),
+          params=(workflows.WORKFLOW_ID, workflows.WAIT)),
+    Route("POST", "/api/cluster/workflows/{workflow_id}/cancel", workflows.cancel, OPERATE,
+          "cancelWorkflow", "Cancel a workflow and its running steps (an audit event names "
+          "the token)",
+          (Answer(200, "Cancelled", workflows.CANCELLED),
+           *errors(400, 404, 409, 415, 502, 503)),
+          params=(workflows.WORKFLOW_ID,)),
+    Route("POST", "/api/cluster/workflows/{workflow_id}/approve", workflows.approve, OPERATE,
+          "approveWorkflow", "Approve the step that waits for a person (an audit event names "
+          "the token)",
+          (Answer(200, "Approved", workflows.APPROVED), *errors(400, 404, 409, 415, 502, 503)),
+          params=(workflows.WORKFLOW_ID,), body=workflows.APPROVE_BODY),
     Route("GET", "/api/openapi.json", openapi_view, READ, "openapi", "This document",
           (Answer(200, "OpenAPI 3.1", {"type": "object"}), *errors())),
     Route("GET", "/metrics", metrics_view, METRICS, "metrics",

@@ -232,10 +232,13 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
         yield conn
     finally:
         js = conn.jetstream()
+        names = settings.names
         for stream in (
-            settings.names.tasks_stream,
-            settings.names.events_stream,
-            settings.names.dead_stream,
+            names.tasks_stream,
+            names.events_stream,
+            names.dead_stream,
+            names.kv_stream(names.workflow_bucket),
+            names.kv_stream(names.lease_bucket),
         ):
             with contextlib.suppress(Exception):
                 await js.delete_stream(stream)

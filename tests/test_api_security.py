@@ -23,7 +23,7 @@ from tests.procs import ROOT, child_env
 
 SUBMIT = "/api/cluster/task/submit"
 TASK = {"agent_type": "coder", "description": "d"}
-SAMPLE = {"task_id": "some-task", "worker_id": "coder-0"}
+SAMPLE = {"task_id": "some-task", "worker_id": "coder-0", "workflow_id": "wf-1"}
 
 
 @pytest.fixture
