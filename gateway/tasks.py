@@ -10,6 +10,7 @@ from typing import Any
 import nats.errors
 from aiohttp import web
 from nats.js.errors import APIError as JsAPIError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from foundry import codec
 from foundry.apitokens import SUBMIT
@@ -37,6 +38,9 @@ from gateway.keys import JS, NC, SETTINGS, STORE, VIEW
 from gateway.spec import Param
 
 PUBLISH_TIMEOUT = 2.0
+# A stream leader's election takes a few seconds (DESIGN.md: ~5 s): retries cover it.
+PUBLISH_BUDGET = 12.0
+PUBLISH_ATTEMPTS = 60
 QUERY_FIELDS = ("agent_type", "description", "task_id")
 RESERVED_PREFIX = SEQ_ID_PREFIX  # ids derived from stream sequences (seq_task_id)
 
@@ -146,7 +150,9 @@ def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
 
 
 async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
-    """Publish with ``Nats-Msg-Id``; a timed-out publish is retried with the same id.
+    """Publish with ``Nats-Msg-Id``; a publish that timed out or found no stream leader
+    (a clustered stream electing a new one) is retried with the same id, for at most
+    PUBLISH_BUDGET seconds: the stream stores it once.
 
     JetStream's refusals become core errors here: a full queue :class:`QueueFull`, any
     other :class:`BrokerUnavailable` (the error middleware answers 429 and 503).
@@ -155,14 +161,23 @@ async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
     subject = request.app[SETTINGS].names.tasks(task.agent_type)
     headers = {MSG_ID_HEADER: task.task_id}
     last: Exception | None = None
-    for _ in range(3):
+    deadline = time.monotonic() + PUBLISH_BUDGET
+    for attempt in range(PUBLISH_ATTEMPTS):
+        if attempt and time.monotonic() >= deadline:
+            break
         if not nc.is_connected:
-            raise BrokerUnavailable("NATS is unreachable")
+            if nc.is_closed or time.monotonic() >= deadline:
+                raise BrokerUnavailable("NATS is unreachable")
+            await asyncio.sleep(0.1)  # reconnecting to another server of the cluster
+            continue
         try:
             ack = await js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
             return bool(ack.duplicate)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             last = exc
+        except (NoStreamResponseError, ServiceUnavailableError) as exc:
+            last = exc  # no stream leader yet: wait a little for the election
+            await asyncio.sleep(min(0.25 * (attempt + 1), 1.0))
         except JsAPIError as exc:
             full = exc.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT
             if full or "maximum messages per subject" in str(exc.description):
