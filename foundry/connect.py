@@ -192,6 +192,19 @@ def redis_tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class SentinelMaster(aioredis.Redis):
+    """The master's client from :meth:`Sentinel.master_for`; closing it closes the
+    connections to the Sentinels too."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            for client in self.sentinels.sentinels:
+                await client.aclose()
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A Redis client that fails fast when the server is down (no long hangs).
 
@@ -218,13 +231,15 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(target.sentinels), sentinel_kwargs=sentinel_options
     )
-    master: aioredis.Redis = sentinel.master_for(
+    master: SentinelMaster = sentinel.master_for(
         target.master,
+        redis_class=SentinelMaster,
         db=target.db,
         username=target.username,
         password=target.password,
         **{**common, **tls},
     )
+    master.sentinels = sentinel
     return master
 
 

@@ -1,0 +1,128 @@
+"""A three-node NATS cluster on namespace hosts: R3 streams, and killing the stream leader
+under load loses nothing.
+
+Three hosts (network namespaces on a bridge) each run a nats-server node with
+routes to the others over mutual TLS, the role users ``foundry up`` generates, and
+a Sentinel; Redis runs as master and replica. A healer with an echo fleet runs on
+host 0. Everything the test itself does on the network runs on host 0's namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from foundry.connect import connect_nats
+from foundry.provision import provision
+from tests import netns
+from tests.hacluster import HaCluster, start
+from tests.netns import Hosts
+from tests.steadyload import steady_load
+
+FLEET = {"echo": 2}
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    netns.require()
+    with Hosts(3) as made:
+        yield made
+
+
+@pytest.fixture
+def cluster(hosts: Hosts, tmp_path: Path) -> Iterator[HaCluster]:
+    made = start(hosts, tmp_path / "cluster", FLEET)
+    yield made
+    print(made.logs()[-20000:] if os.environ.get("FOUNDRY_TEST_CLUSTER_LOGS") else "")
+
+
+async def _wait_jetstream(cluster: HaCluster, timeout: float = 30) -> None:
+    """Until the cluster has a JetStream meta leader (account info answers)."""
+    nc = await connect_nats(cluster.settings(), "probe")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await nc.close()
+
+
+async def _stream_state(cluster: HaCluster) -> dict[str, Any]:
+    settings = cluster.settings()
+    nc = await connect_nats(settings, "probe")
+    try:
+        info = await nc.jetstream().stream_info(settings.names.tasks_stream)
+        assert info.cluster is not None
+        return {
+            "replicas": info.config.num_replicas,
+            "leader": info.cluster.leader,
+            "peers": sorted(p.name for p in info.cluster.replicas or []),
+        }
+    finally:
+        await nc.close()
+
+
+@pytest.mark.timeout(240)
+async def test_killing_the_stream_leader_under_load_loses_nothing(cluster: HaCluster) -> None:
+    host = cluster.hosts[0]
+    settings = cluster.settings()
+    # Given a JetStream cluster of three nodes and a healer running an echo fleet on host 0
+    await host.run(_wait_jetstream(cluster))
+    healer = cluster.start_healer(host, settings)
+    await host.run(_provisioned(cluster))
+    state = await host.run(_stream_state(cluster))
+    # FOUNDRY_STREAM_REPLICAS is unset: a cluster of three servers gets R3 streams
+    assert state["replicas"] == 3, state
+    assert len(state["peers"]) == 2, state
+    leader = cluster.node_of(state["leader"])
+
+    async def kill_leader() -> dict[str, Any]:
+        os.kill(cluster.nats[leader].pid, signal.SIGKILL)
+        return {"killed": state["leader"]}
+
+    # When tasks are published steadily and the stream leader is killed 4 s in
+    report = await host.run(
+        steady_load(settings, "echo", count=1500, rate=100, fault=kill_leader, fault_after=4)
+    )
+    print("nats leader kill:", json.dumps(report.summary()))
+    after = await host.run(_stream_state(cluster))
+    # Then every task was stored and completed, and another node leads the stream
+    assert healer.poll() is None, cluster.logs()
+    assert report.not_acked == [], report.summary()
+    assert report.lost == [], report.summary()
+    assert after["leader"] and after["leader"] != state["leader"], after
+
+
+async def _provisioned(cluster: HaCluster, timeout: float = 30) -> None:
+    """Until the healer has provisioned the streams and the fleet's consumers."""
+    settings = cluster.settings()
+    nc = await connect_nats(settings, "probe")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await nc.jetstream().consumer_info(
+                    settings.names.tasks_stream, settings.names.consumer("echo")
+                )
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    await provision(nc.jetstream(), settings)  # say why, if it cannot
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await nc.close()
