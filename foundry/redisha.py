@@ -39,6 +39,8 @@ def node_lines(passwords: HaPasswords, replica_of: tuple[str, int] | None = None
         f"user {SENTINEL_USER} on >{passwords.sentinel} {SENTINEL_COMMANDS}",
         f"masteruser {REPLICATION_USER}",
         f"masterauth {passwords.replication}",
+        # a replica (re)joining gets its copy at once, not after the default 5 s
+        "repl-diskless-sync-delay 0",
     ]
     if replica_of is not None:
         lines.append(f"replicaof {replica_of[0]} {replica_of[1]}")

@@ -11,10 +11,12 @@ pid with the hosts.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from foundry.connect import connect_nats
 from foundry.embedded import REDIS_USER, redis_config
 from foundry.names import Names
 from foundry.natsauth import (
@@ -38,6 +41,7 @@ from foundry.natsauth import (
     user_name,
     users,
 )
+from foundry.provision import provision
 from foundry.redisha import HaPasswords, node_lines, sentinel_config
 from foundry.roles import with_userinfo
 from foundry.secrets import new_secret, write_private
@@ -238,3 +242,41 @@ def start(hosts: Hosts, root: Path, fleet: dict[str, int]) -> HaCluster:
     for index in range(len(hosts)):
         cluster.start_sentinel(index)
     return cluster
+
+
+async def wait_jetstream(cluster: HaCluster, timeout: float = 30) -> None:
+    """Until the cluster has a JetStream meta leader (account info answers)."""
+    nc = await connect_nats(cluster.settings(), "probe")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await nc.close()
+
+
+async def provisioned(cluster: HaCluster, timeout: float = 30) -> None:
+    """Until the healer has provisioned the streams and the fleet's consumers."""
+    settings = cluster.settings()
+    nc = await connect_nats(settings, "probe")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await nc.jetstream().consumer_info(
+                    settings.names.tasks_stream, settings.names.consumer("echo")
+                )
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    await provision(nc.jetstream(), settings)  # say why, if it cannot
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await nc.close()

@@ -9,11 +9,9 @@ host 0. Everything the test itself does on the network runs on host 0's namespac
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,8 @@ from typing import Any
 import pytest
 
 from foundry.connect import connect_nats
-from foundry.provision import provision
 from tests import netns
-from tests.hacluster import HaCluster, start
+from tests.hacluster import HaCluster, provisioned, start, wait_jetstream
 from tests.netns import Hosts
 from tests.steadyload import steady_load
 
@@ -42,23 +39,6 @@ def cluster(hosts: Hosts, tmp_path: Path) -> Iterator[HaCluster]:
     made = start(hosts, tmp_path / "cluster", FLEET)
     yield made
     print(made.logs()[-20000:] if os.environ.get("FOUNDRY_TEST_CLUSTER_LOGS") else "")
-
-
-async def _wait_jetstream(cluster: HaCluster, timeout: float = 30) -> None:
-    """Until the cluster has a JetStream meta leader (account info answers)."""
-    nc = await connect_nats(cluster.settings(), "probe")
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                await nc.jetstream().account_info()
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.25)
-    finally:
-        await nc.close()
 
 
 async def _stream_state(cluster: HaCluster) -> dict[str, Any]:
@@ -81,9 +61,9 @@ async def test_killing_the_stream_leader_under_load_loses_nothing(cluster: HaClu
     host = cluster.hosts[0]
     settings = cluster.settings()
     # Given a JetStream cluster of three nodes and a healer running an echo fleet on host 0
-    await host.run(_wait_jetstream(cluster))
+    await host.run(wait_jetstream(cluster))
     healer = cluster.start_healer(host, settings)
-    await host.run(_provisioned(cluster))
+    await host.run(provisioned(cluster))
     state = await host.run(_stream_state(cluster))
     # FOUNDRY_STREAM_REPLICAS is unset: a cluster of three servers gets R3 streams
     assert state["replicas"] == 3, state
@@ -105,24 +85,3 @@ async def test_killing_the_stream_leader_under_load_loses_nothing(cluster: HaClu
     assert report.not_acked == [], report.summary()
     assert report.lost == [], report.summary()
     assert after["leader"] and after["leader"] != state["leader"], after
-
-
-async def _provisioned(cluster: HaCluster, timeout: float = 30) -> None:
-    """Until the healer has provisioned the streams and the fleet's consumers."""
-    settings = cluster.settings()
-    nc = await connect_nats(settings, "probe")
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                await nc.jetstream().consumer_info(
-                    settings.names.tasks_stream, settings.names.consumer("echo")
-                )
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    await provision(nc.jetstream(), settings)  # say why, if it cannot
-                    raise
-                await asyncio.sleep(0.25)
-    finally:
-        await nc.close()
