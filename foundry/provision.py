@@ -64,13 +64,12 @@ AUTO_REPLICAS = 3
 
 
 def cluster_size(server_info: dict[str, Any]) -> int:
-    """How many servers a server's INFO shows: those of ``connect_urls`` when it names a
-    cluster (servers started with ``no_advertise`` show none), else 1."""
+    """How many servers a server's INFO shows: its ``connect_urls`` (every server of the
+    cluster, itself included) when it names a cluster, else 1. Servers started with
+    ``no_advertise`` list none: set FOUNDRY_STREAM_REPLICAS for those."""
     if not server_info.get("cluster"):
         return 1
-    urls = set(server_info.get("connect_urls") or ())
-    urls.add(f"{server_info.get('host')}:{server_info.get('port')}")
-    return max(1, len(urls))
+    return max(1, len(set(server_info.get("connect_urls") or ())))
 
 
 def auto_replicas(server_info: dict[str, Any]) -> int:
