@@ -9,9 +9,11 @@ host 0. Everything the test itself does on the network runs on host 0's namespac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,3 +87,52 @@ async def test_killing_the_stream_leader_under_load_loses_nothing(cluster: HaClu
     assert report.not_acked == [], report.summary()
     assert report.lost == [], report.summary()
     assert after["leader"] and after["leader"] != state["leader"], after
+
+
+async def _serve(address: str, port: int) -> asyncio.Server:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hi")
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, address, port)
+
+
+async def _close(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
+
+
+async def _reaches(address: str, port: int) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    data = await reader.read(2)
+    writer.close()
+    return data == b"hi"
+
+
+async def test_namespace_hosts_reach_each_other_until_a_link_goes_down() -> None:
+    netns.require()
+    with Hosts(2) as hosts:
+        names = [h.netns for h in hosts]
+        # Given a server on host 1, When host 0 connects, Then it answers
+        server = await hosts[1].run(_serve(hosts[1].address, 7000))
+        assert await hosts[0].run(_reaches(hosts[1].address, 7000))
+        # and the machine's own namespace has no address on the hosts' network
+        own = await asyncio.to_thread(
+            subprocess.run, ["ip", "-o", "addr"], capture_output=True, text=True, timeout=10
+        )
+        assert f"{hosts.prefix}." not in own.stdout
+        # When host 1's link is down, Then nothing reaches it; up again, it answers
+        hosts[1].link(up=False)
+        assert not await hosts[0].run(_reaches(hosts[1].address, 7000))
+        hosts[1].link(up=True)
+        assert await hosts[0].run(_reaches(hosts[1].address, 7000))
+        await hosts[1].run(_close(server))
+    # and every namespace is gone afterwards
+    listed = await asyncio.to_thread(
+        subprocess.run, ["ip", "netns", "list"], capture_output=True, text=True, timeout=10
+    )
+    assert not any(name in listed.stdout for name in [*names, hosts.switch])
