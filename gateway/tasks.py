@@ -149,6 +149,11 @@ def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
     return Task(task_id, agent_type, description, task_input, time.time())
 
 
+def _queue_full(exc: JsAPIError) -> bool:
+    full = exc.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT
+    return full or "maximum messages per subject" in str(exc.description)
+
+
 async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
     """Publish with ``Nats-Msg-Id``; a publish that timed out or found no stream leader
     (a clustered stream electing a new one) is retried with the same id, for at most
@@ -175,14 +180,16 @@ async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
             return bool(ack.duplicate)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             last = exc
-        except (NoStreamResponseError, ServiceUnavailableError) as exc:
+        except NoStreamResponseError as exc:
             last = exc  # no stream leader yet: wait a little for the election
             await asyncio.sleep(min(0.25 * (attempt + 1), 1.0))
         except JsAPIError as exc:
-            full = exc.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT
-            if full or "maximum messages per subject" in str(exc.description):
+            if _queue_full(exc):  # a 503 too: check it before retrying a 503
                 raise QueueFull(task.agent_type) from None
-            raise BrokerUnavailable(f"JetStream refused the task: {exc.description}") from None
+            if not isinstance(exc, ServiceUnavailableError):
+                raise BrokerUnavailable(f"JetStream refused the task: {exc.description}") from None
+            last = exc  # JetStream unavailable for the moment (a leader being elected)
+            await asyncio.sleep(min(0.25 * (attempt + 1), 1.0))
         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
             last = exc
             break

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,24 +114,36 @@ async def _reaches(address: str, port: int) -> bool:
     return data == b"hi"
 
 
+async def _reaches_soon(address: str, port: int, timeout: float = 10.0) -> bool:
+    """Whether ``address`` answers within ``timeout`` (a link just up may take a moment)."""
+    deadline = time.monotonic() + timeout
+    while not await _reaches(address, port):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 async def test_namespace_hosts_reach_each_other_until_a_link_goes_down() -> None:
     netns.require()
     with Hosts(2) as hosts:
         names = [h.netns for h in hosts]
         # Given a server on host 1, When host 0 connects, Then it answers
         server = await hosts[1].run(_serve(hosts[1].address, 7000))
-        assert await hosts[0].run(_reaches(hosts[1].address, 7000))
-        # and the machine's own namespace has no address on the hosts' network
-        own = await asyncio.to_thread(
-            subprocess.run, ["ip", "-o", "addr"], capture_output=True, text=True, timeout=10
-        )
-        assert f"{hosts.prefix}." not in own.stdout
-        # When host 1's link is down, Then nothing reaches it; up again, it answers
-        hosts[1].link(up=False)
-        assert not await hosts[0].run(_reaches(hosts[1].address, 7000))
-        hosts[1].link(up=True)
-        assert await hosts[0].run(_reaches(hosts[1].address, 7000))
-        await hosts[1].run(_close(server))
+        try:
+            assert await hosts[0].run(_reaches_soon(hosts[1].address, 7000))
+            # and the machine's own namespace has no address on the hosts' network
+            own = await asyncio.to_thread(
+                subprocess.run, ["ip", "-o", "addr"], capture_output=True, text=True, timeout=10
+            )
+            assert f"{hosts.prefix}." not in own.stdout
+            # When host 1's link is down, Then nothing reaches it; up again, it answers
+            hosts[1].link(up=False)
+            assert not await hosts[0].run(_reaches(hosts[1].address, 7000))
+            hosts[1].link(up=True)
+            assert await hosts[0].run(_reaches_soon(hosts[1].address, 7000))
+        finally:
+            await hosts[1].run(_close(server))
     # and every namespace is gone afterwards
     listed = await asyncio.to_thread(
         subprocess.run, ["ip", "netns", "list"], capture_output=True, text=True, timeout=10
