@@ -200,6 +200,12 @@ def make_settings(
             # The built-in roles default to llm/exec/webhook; flow tests want plain echo.
             "handlers": dict.fromkeys(TEST_FLEET, "echo"),
             "api_tokens": str(api_tokens.path),
+            # JetStream reserves each stream's max_bytes against the shared server's store
+            # (75% of free disk); at the defaults (1.5 GiB a namespace) the streams tests
+            # leave behind exhaust it late in a full run ("insufficient storage resources")
+            "tasks_max_bytes": 128 * 1024**2,
+            "events_max_bytes": 64 * 1024**2,
+            "dead_max_bytes": 64 * 1024**2,
         }
         base.update(overrides)
         if bus is not None and "nats_url" not in overrides:
