@@ -32,6 +32,7 @@ from foundry.errors import ConfigError
 from foundry.secrets import read_env_file
 from foundry.servers import port_open
 from foundry.settings import Settings, split_urls
+from foundry.urls import is_sentinel_url
 
 STOP_GRACE = 60.0
 
@@ -43,8 +44,14 @@ def client_environ(environ: Mapping[str, str], path: Path) -> dict[str, str]:
 
 
 def _answers(url: str, default_port: int) -> bool:
-    parts = urlsplit(split_urls(url)[0])
-    return port_open(parts.hostname or "127.0.0.1", parts.port or default_port, timeout=0.5)
+    """Whether any of the listed servers answers (Sentinels name servers never embedded)."""
+    if is_sentinel_url(url):
+        return True
+    for one in split_urls(url):
+        parts = urlsplit(one)
+        if port_open(parts.hostname or "127.0.0.1", parts.port or default_port, timeout=0.5):
+            return True
+    return False
 
 
 def page_url(settings: Settings, url: str) -> str:

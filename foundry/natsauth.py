@@ -273,6 +273,56 @@ class TlsFiles:
     ca: str = ""  # when set, clients must present a certificate it signed
 
 
+ROUTE_USER = "route"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A ``cluster {}`` block: this server's route listener and the routes to the others.
+
+    ``routes`` are ``nats-route://host:port`` URLs (this server's own may be among them:
+    nats-server skips it), so every node can share one list. With ``password`` the
+    routes authenticate as user ``route``; with ``tls`` they speak mutual TLS (each
+    side verifies the other against ``tls.ca``).
+    """
+
+    name: str
+    listen: str
+    routes: tuple[str, ...]
+    server_name: str
+    password: str = field(default="", repr=False)
+    tls: TlsFiles | None = None
+
+
+def _route_url(url: str, password: str) -> str:
+    scheme, _, rest = url.partition("://")
+    hostport = rest.rpartition("@")[2].rstrip("/")
+    userinfo = f"{ROUTE_USER}:{password}@" if password else ""
+    return f"{scheme}://{userinfo}{hostport}"
+
+
+def cluster_block(cluster: ClusterConfig) -> dict[str, object]:
+    block: dict[str, object] = {
+        "name": cluster.name,
+        "listen": cluster.listen,
+        "routes": [_route_url(url, cluster.password) for url in cluster.routes],
+    }
+    if cluster.password:
+        block["authorization"] = {"user": ROUTE_USER, "password": cluster.password}
+    if cluster.tls is not None:
+        block["tls"] = _tls_block(cluster.tls, verify=True)
+    return block
+
+
+def _tls_block(tls: TlsFiles, verify: bool = False) -> dict[str, object]:
+    block: dict[str, object] = {"cert_file": tls.cert, "key_file": tls.key}
+    if tls.ca:
+        block.update({"ca_file": tls.ca, "verify": True})
+    elif verify:
+        raise ValueError("route TLS needs a CA to verify the other servers (tls.ca)")
+    return block
+
+
 def server_config(
     all_users: Iterable[User],
     *,
@@ -282,9 +332,11 @@ def server_config(
     max_payload: int = 0,
     tls: TlsFiles | None = None,
     host: str = "127.0.0.1",
+    cluster: ClusterConfig | None = None,
 ) -> str:
     """nats-server's config: a listener on ``host`` (loopback unless told), JetStream store,
     users; nobody anonymous. The HTTP monitoring port, when given, listens on ``host`` too.
+    With ``cluster`` it is one node of a cluster (routes, server name, route TLS).
 
     Written as JSON, which nats-server's config syntax accepts, so every value is
     quoted exactly once and no password can be read as a variable or an include.
@@ -304,8 +356,8 @@ def server_config(
     if max_payload:
         config["max_payload"] = max_payload
     if tls is not None:
-        block: dict[str, object] = {"cert_file": tls.cert, "key_file": tls.key}
-        if tls.ca:
-            block.update({"ca_file": tls.ca, "verify": True})
-        config["tls"] = block
+        config["tls"] = _tls_block(tls)
+    if cluster is not None:
+        config["server_name"] = cluster.server_name  # JetStream clustering needs a stable one
+        config["cluster"] = cluster_block(cluster)
     return json.dumps(config, indent=2) + "\n"
