@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundry.contracts import TaskStatus
-from foundry.names import Names
+from foundry.names import LOW, Names
 
 HEALER, GATEWAY, MONITOR, CLIENT, ADMIN = "healer", "gateway", "monitor", "client", "admin"
 WORKER_PREFIX = "worker-"
@@ -86,7 +86,7 @@ def _stream_api(names: Names, *verbs: str, streams: Iterable[str] | None = None)
 
 
 def _streams(names: Names) -> list[str]:
-    return [names.tasks_stream, names.events_stream, names.dead_stream]
+    return [names.tasks_stream, names.events_stream, names.dead_stream, names.schedules_stream]
 
 
 def _consumer_create(stream: str, consumer: str) -> list[str]:
@@ -104,15 +104,18 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
     tasks = names.tasks_stream
     if role.startswith(WORKER_PREFIX):
         agent_type = role[len(WORKER_PREFIX) :]
-        consumer = names.consumer(agent_type)
+        consumers = names.consumers(agent_type)  # one per lane
         return Permissions(
             publish=[
                 names.heartbeat(agent_type, "*"),
                 *(names.task_event(status, agent_type) for status in WORKER_STATUSES),
-                f"{API}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
-                f"{API}.CONSUMER.INFO.{tasks}.{consumer}",
-                f"$JS.ACK.{tasks}.{consumer}.>",
+                *(f"{API}.CONSUMER.MSG.NEXT.{tasks}.{c}" for c in consumers),
+                *(f"{API}.CONSUMER.INFO.{tasks}.{c}" for c in consumers),
+                *(f"$JS.ACK.{tasks}.{c}.>" for c in consumers),
                 *_stream_api(names, "INFO"),
+                # moving a task its headers ask for: to the low lane, or to a schedule
+                names.tasks(agent_type, LOW),
+                names.schedule(agent_type, ">"),
             ],
             subscribe=[inbox, names.worker_control(agent_type), names.cancel_notice()],
         )
@@ -129,7 +132,12 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 *_stream_api(names, "INFO", "CREATE", "UPDATE"),
                 f"{API}.STREAM.MSG.GET.{tasks}",
                 f"{API}.STREAM.MSG.DELETE.{tasks}",
-                *(s for t in agent_types for s in _consumer_create(tasks, names.consumer(t))),
+                *(
+                    s
+                    for t in agent_types
+                    for c in names.consumers(t)
+                    for s in _consumer_create(tasks, c)
+                ),
                 f"{API}.CONSUMER.INFO.{tasks}.*",
             ],
             subscribe=[
@@ -145,7 +153,8 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
         events = names.events_stream
         return Permissions(
             publish=[
-                names.tasks("*"),
+                *names.task_lanes("*"),
+                names.schedule("*", ">"),  # delayed tasks
                 names.task_event(TaskStatus.QUEUED, "*"),
                 names.heal_event("audit"),  # operator actions, naming the API token
                 *(names.control(v) for v in ("ping", "status", "heal", "release", "cancel")),
@@ -173,7 +182,7 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
     if role == CLIENT:
         return Permissions(
             publish=[
-                names.tasks("*"),
+                *names.task_lanes("*"),
                 names.control("ping"),
                 names.control("status"),
                 f"{API}.STREAM.INFO.{tasks}",

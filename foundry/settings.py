@@ -301,6 +301,8 @@ class Settings:
         "FOUNDRY_DUPLICATE_WINDOW", _positive(float, 600.0, strict=False), 900.0
     )
     events_max_age: float = _opt("FOUNDRY_EVENTS_MAX_AGE", _positive(float), 7 * 86400.0)
+    # how far ahead a delayed task's not_before may be (seconds)
+    max_delay: float = _opt("FOUNDRY_MAX_DELAY", _positive(float, 1.0, strict=False), 7 * 86400.0)
     concurrency: int = _opt("FOUNDRY_WORKER_CONCURRENCY", _positive(int), 16)
     # the most a control message may raise one worker's concurrency to
     max_concurrency: int = _opt("FOUNDRY_WORKER_MAX_CONCURRENCY", _positive(int), 256)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from foundry.contracts import TASK_ID_RE, TaskStatus, values
+from foundry.contracts import TASK_ID_RE, TaskPriority, TaskStatus, values
 from foundry.settings import Settings
 from gateway.spec import Schema
 
 STATUSES = values(TaskStatus)
+PRIORITIES = values(TaskPriority)
 
 STR: Schema = {"type": "string"}
 INT: Schema = {"type": "integer"}
@@ -49,8 +50,26 @@ def submit_body(settings: Settings) -> Schema:
         description=STR,
         input={"description": "any JSON value; null counts as no input"},
         task_id=SUBMIT_TASK_ID,
+        priority={
+            "enum": list(PRIORITIES),
+            "default": TaskPriority.NORMAL.value,
+            "description": "high is taken before normal, normal before low (per type)",
+        },
+        delay={
+            "type": "number",
+            "minimum": 0,
+            "maximum": settings.max_delay,
+            "description": "seconds from now before the task may start (FOUNDRY_MAX_DELAY "
+            "at most); not with not_before",
+        },
+        not_before={
+            "type": "number",
+            "description": "Unix time before which the task does not start (at most "
+            "FOUNDRY_MAX_DELAY ahead; a past time: at once); not with delay",
+        },
     )
     body["additionalProperties"] = False
+    body["not"] = {"required": ["delay", "not_before"]}
     body["anyOf"] = [
         {"required": ["description"], "properties": {"description": {"pattern": NON_BLANK}}},
         {"required": ["input"], "properties": {"input": {"not": {"type": "null"}}}},
@@ -65,6 +84,8 @@ SUBMITTED = obj(
     status={"const": "submitted"},
     duplicate=BOOL,
     task_status={"enum": list(STATUSES), "description": "present for a known task id"},
+    priority={"enum": list(PRIORITIES)},
+    not_before={"type": "number", "description": "present for a delayed task"},
 )
 
 COMPONENTS: dict[str, Schema] = {
@@ -94,6 +115,7 @@ COMPONENTS: dict[str, Schema] = {
         started_at=OPT_NUM,
         finished_at=OPT_NUM,
         duration_seconds=OPT_NUM,
+        not_before={**OPT_NUM, "description": "a delayed task: not started before"},
     ),
     "Status": obj(
         ("total_workers", "healthy_workers", "unhealthy_workers", "agent_types", "queues"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from typing import Any
@@ -20,11 +21,15 @@ from foundry.contracts import (
     TASK_ID_RE,
     Task,
     TaskEvent,
+    TaskPriority,
     TaskStatus,
     valid_task_id,
+    values,
 )
 from foundry.errors import BrokerUnavailable, InvalidAgentType
 from foundry.names import validate_agent_type
+from foundry.schedule import SchedulesFull, check_room, schedule_message
+from foundry.settings import Settings
 from gateway.auth import presented_token, require
 from gateway.errors import ApiError, bad_request
 from gateway.jsonio import json_response
@@ -33,6 +38,7 @@ from gateway.spec import Param
 
 PUBLISH_TIMEOUT = 2.0
 QUERY_FIELDS = ("agent_type", "description", "task_id")
+BODY_FIELDS = ("agent_type", "description", "input", "task_id", "priority", "delay", "not_before")
 RESERVED_PREFIX = SEQ_ID_PREFIX  # ids derived from stream sequences (seq_task_id)
 
 # /api/cluster/task/submit is the submit route, so "submit" cannot be a task id over HTTP.
@@ -96,10 +102,10 @@ def _fields(request: web.Request, body: dict[str, Any] | None) -> dict[str, Any]
 def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
     settings = request.app[SETTINGS]
     fields = _fields(request, body)
-    unknown = sorted(set(fields) - {"agent_type", "description", "input", "task_id"})
+    unknown = sorted(set(fields) - set(BODY_FIELDS))
     if unknown:
         raise bad_request(
-            f"unknown field(s) {unknown}; allowed: agent_type, description, input, task_id",
+            f"unknown field(s) {unknown}; allowed: {', '.join(BODY_FIELDS)}",
             field=unknown[0],
         )
     agent_type = fields.get("agent_type")
@@ -137,14 +143,78 @@ def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
             "without an id (seq-<stream sequence>); choose another task_id",
             "task_id",
         )
-    return Task(task_id, agent_type, description, task_input, time.time())
+    now = time.time()
+    return Task(
+        task_id,
+        agent_type,
+        description,
+        task_input,
+        now,
+        priority=_priority(fields),
+        not_before=_not_before(settings, fields, now),
+    )
+
+
+def _priority(fields: dict[str, Any]) -> TaskPriority:
+    value = fields.get("priority")
+    if value is None:
+        return TaskPriority.NORMAL
+    if isinstance(value, str) and value in values(TaskPriority):
+        return TaskPriority(value)
+    raise bad_request(
+        f"priority must be one of {', '.join(TaskPriority)} (got {str(value)[:40]!r})",
+        "priority",
+    )
+
+
+def _seconds(fields: dict[str, Any], name: str) -> float | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad_request(f"{name} must be a number of seconds", name)
+    return float(value)
+
+
+def _not_before(settings: Settings, fields: dict[str, Any], now: float) -> float | None:
+    """When the task may start: ``now + delay`` or ``not_before``; None for at once."""
+    delay, at = _seconds(fields, "delay"), _seconds(fields, "not_before")
+    if delay is not None and at is not None:
+        raise bad_request("send delay or not_before, not both", "delay")
+    if delay is not None:
+        if delay < 0:
+            raise bad_request(f"delay must be 0 or more seconds (got {delay:g})", "delay")
+        at, name = now + delay, "delay"
+    else:
+        name = "not_before"
+    if at is None or at <= now:
+        return None  # due already: it runs as soon as a worker is free
+    if at - now > settings.max_delay:
+        raise bad_request(
+            f"{name} is {at - now:.0f}s ahead, over FOUNDRY_MAX_DELAY={settings.max_delay:g}s",
+            name,
+        )
+    return at
 
 
 async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
-    """Publish with ``Nats-Msg-Id``; a timed-out publish is retried with the same id."""
+    """Publish with ``Nats-Msg-Id``; a timed-out publish is retried with the same id.
+
+    A task with a ``not_before`` goes to its schedule, any other to its lane.
+    """
     nc, js = request.app[NC], request.app[JS]
-    subject = request.app[SETTINGS].names.tasks(task.agent_type)
-    headers = {MSG_ID_HEADER: task.task_id}
+    settings = request.app[SETTINGS]
+    if task.not_before is not None:
+        try:
+            await check_room(js, settings)
+        except SchedulesFull as exc:
+            raise ApiError(429, "queue_full", f"{exc}; retry later") from None
+        except Exception as exc:
+            raise BrokerUnavailable(f"cannot read the schedules stream ({exc!r})") from None
+        subject, headers = schedule_message(settings, task)
+    else:
+        subject = settings.names.tasks(task.agent_type, task.priority)
+        headers = {MSG_ID_HEADER: task.task_id}
     last: Exception | None = None
     for _ in range(3):
         if not nc.is_connected:
@@ -183,7 +253,7 @@ async def submit(request: web.Request) -> web.Response:
             "limit (FOUNDRY_MAX_TASK_BYTES)",
         )
     store = request.app[STORE]
-    existing = await store.queue(task.task_id, task.agent_type, task.submitted_at)
+    existing = await store.queue(task.task_id, task.agent_type, task.submitted_at, task.not_before)
     record = None
     if existing != "created":
         record = await store.get(task.task_id)
@@ -206,7 +276,10 @@ async def submit(request: web.Request) -> web.Response:
         "agent_type": task.agent_type,
         "status": "submitted",
         "duplicate": duplicate,
+        "priority": task.priority.value,
     }
+    if task.not_before is not None:
+        body["not_before"] = task.not_before
     if record is not None:
         body["task_status"] = record.status
     return json_response(body, status=202)
