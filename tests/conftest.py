@@ -231,6 +231,7 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
             settings.names.tasks_stream,
             settings.names.events_stream,
             settings.names.dead_stream,
+            settings.names.schedules_stream,
         ):
             with contextlib.suppress(Exception):
                 await js.delete_stream(stream)
