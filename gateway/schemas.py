@@ -51,25 +51,30 @@ def submit_body(settings: Settings) -> Schema:
         input={"description": "any JSON value; null counts as no input"},
         task_id=SUBMIT_TASK_ID,
         priority={
-            "enum": list(PRIORITIES),
+            "enum": [*PRIORITIES, None],
             "default": TaskPriority.NORMAL.value,
             "description": "high is taken before normal, normal before low (per type)",
         },
         delay={
-            "type": "number",
+            "type": ["number", "null"],
             "minimum": 0,
             "maximum": settings.max_delay,
             "description": "seconds from now before the task may start (FOUNDRY_MAX_DELAY "
             "at most); not with not_before",
         },
+        # JSON Schema cannot bound a time by the clock: the gateway refuses one more than
+        # FOUNDRY_MAX_DELAY ahead (400, field not_before).
         not_before={
-            "type": "number",
+            "type": ["number", "null"],
             "description": "Unix time before which the task does not start (at most "
             "FOUNDRY_MAX_DELAY ahead; a past time: at once); not with delay",
         },
     )
     body["additionalProperties"] = False
-    body["not"] = {"required": ["delay", "not_before"]}
+    body["not"] = {
+        "required": ["delay", "not_before"],
+        "properties": {"delay": {"type": "number"}, "not_before": {"type": "number"}},
+    }
     body["anyOf"] = [
         {"required": ["description"], "properties": {"description": {"pattern": NON_BLANK}}},
         {"required": ["input"], "properties": {"input": {"not": {"type": "null"}}}},

@@ -181,17 +181,18 @@ def _not_before(settings: Settings, fields: dict[str, Any], now: float) -> float
     delay, at = _seconds(fields, "delay"), _seconds(fields, "not_before")
     if delay is not None and at is not None:
         raise bad_request("send delay or not_before, not both", "delay")
+    name, ahead = ("delay", delay) if delay is not None else ("not_before", None)
     if delay is not None:
         if delay < 0:
             raise bad_request(f"delay must be 0 or more seconds (got {delay:g})", "delay")
-        at, name = now + delay, "delay"
-    else:
-        name = "not_before"
-    if at is None or at <= now:
+        at = now + delay
+    elif at is not None:
+        ahead = at - now
+    if at is None or ahead is None or ahead <= 0:
         return None  # due already: it runs as soon as a worker is free
-    if at - now > settings.max_delay:
+    if ahead > settings.max_delay:
         raise bad_request(
-            f"{name} is {at - now:.0f}s ahead, over FOUNDRY_MAX_DELAY={settings.max_delay:g}s",
+            f"{name} is {ahead:.0f}s ahead, over FOUNDRY_MAX_DELAY={settings.max_delay:g}s",
             name,
         )
     return at
