@@ -92,7 +92,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             allow_msg_ttl=True,
             max_age=settings.max_delay + FIRED_TTL_SECONDS,
             duplicate_window=settings.duplicate_window,
-            max_bytes=settings.tasks_max_bytes,
+            max_bytes=settings.schedules_max_bytes,
             max_msg_size=task_msg_bytes(settings),
         ),
         StreamConfig(

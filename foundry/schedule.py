@@ -66,9 +66,9 @@ def schedule_message(
 async def check_room(js: JetStreamContext, settings: Settings) -> None:
     """Raise SchedulesFull when AGENT_SCHEDULES holds over 90% of its byte limit."""
     info = await js.stream_info(settings.names.schedules_stream)
-    limit = info.config.max_bytes or settings.tasks_max_bytes
+    limit = info.config.max_bytes or settings.schedules_max_bytes
     if info.state.bytes > FULL_FRACTION * limit:
         raise SchedulesFull(
             f"{settings.names.schedules_stream} holds {info.state.bytes} of {limit} bytes "
-            "(FOUNDRY_TASKS_MAX_BYTES): no room for more delayed tasks now"
+            "(FOUNDRY_SCHEDULES_MAX_BYTES): no room for more delayed tasks now"
         )

@@ -408,6 +408,8 @@ class Settings:
     tasks_max_bytes: int = _opt("FOUNDRY_TASKS_MAX_BYTES", _positive(_size), 1024**3)
     events_max_bytes: int = _opt("FOUNDRY_EVENTS_MAX_BYTES", _positive(_size), 256 * 1024**2)
     dead_max_bytes: int = _opt("FOUNDRY_DEAD_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    # AGENT_SCHEDULES (delayed tasks): new delays are refused at 90% of it
+    schedules_max_bytes: int = _opt("FOUNDRY_SCHEDULES_MAX_BYTES", _positive(_size), 256 * 1024**2)
 
     def __post_init__(self) -> None:
         if self.fleet is None:
