@@ -89,6 +89,7 @@ class Monitor:
         )
         for subject, cb in subscriptions:
             self._subs.append(await nc.subscribe(subject, cb=cb))
+        await nc.flush()  # the server has the subscriptions before anyone is told we run
         spawn(self._loop(), self._tasks)
         log.info("monitor on %s: host samples on %s every %gs", self.hostname, self.subject,
                  self.settings.host_interval)  # fmt: skip
