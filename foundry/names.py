@@ -3,6 +3,15 @@
 Everything lives under an optional namespace so that several clusters (or
 several tests) can share one NATS server and one Redis without seeing each
 other. The default namespace is empty: subjects start with ``agents.``.
+
+Each agent type has three lanes on AGENT_TASKS: ``agents.tasks.<type>`` (normal),
+``agents.tasks.<type>.high`` and ``agents.tasks.<type>.low``, each with its own
+durable consumer: ``workers-<type>`` for normal, ``workers-<type>@high`` and
+``workers-<type>@low`` (an agent type cannot contain ``@``, so no type's consumer
+name can be another's). Delayed tasks wait as JetStream message schedules on
+AGENT_SCHEDULES (``agents.schedule.at.<type>.<task id>``); when one fires the server
+stores it on ``agents.schedule.due.<type>[.<lane>]``, which AGENT_TASKS sources
+into the lane.
 """
 
 from __future__ import annotations
@@ -25,6 +34,14 @@ def validate_agent_type(value: object) -> str:
         shown = value if not isinstance(value, str) else value[:40]
         raise InvalidAgentType(f"invalid agent type {shown!r}: {AGENT_TYPE_HINT}")
     return value
+
+
+CONSUMER_PREFIX = "workers-"
+LANE_SEP = "@"  # never in an agent type (AGENT_TYPE_RE)
+# The lanes, taken in this order: the values of foundry.contracts.TaskPriority (which
+# imports this module, so the names are spelt out here).
+HIGH, NORMAL, LOW = "high", "normal", "low"
+LANES = (HIGH, NORMAL, LOW)
 
 
 @dataclass(frozen=True)
@@ -72,9 +89,38 @@ class Names:
     def kv_subject(bucket: str, key: str = ">") -> str:
         return f"$KV.{bucket}.{key}"
 
+    @property
+    def schedules_stream(self) -> str:
+        return self._stream("AGENT_SCHEDULES")
+
     # subjects
-    def tasks(self, agent_type: str = "*") -> str:
-        return f"{self.root}.tasks.{agent_type}"
+    def tasks(self, agent_type: str = "*", priority: str = NORMAL) -> str:
+        """The subject of one lane: the normal lane has no suffix, the others their name."""
+        base = f"{self.root}.tasks.{agent_type}"
+        return base if priority == NORMAL else f"{base}.{priority}"
+
+    def task_lanes(self, agent_type: str = "*") -> list[str]:
+        return [self.tasks(agent_type, p) for p in LANES]
+
+    def priority_of_subject(self, subject: str) -> str:
+        """The lane of a task subject: the token after the type, if any, else normal."""
+        tokens = subject.split(".")
+        depth = len(self.root.split(".")) + 2  # <root>.tasks.<type>
+        if len(tokens) == depth + 1 and tokens[-1] in (HIGH, LOW):
+            return tokens[-1]
+        return NORMAL
+
+    def schedule(self, agent_type: str = "*", task_id: str = ">") -> str:
+        """Where a delayed task waits until its time (one subject per task)."""
+        return f"{self.root}.schedule.at.{agent_type}.{task_id}"
+
+    def schedule_due(self, agent_type: str = "*", priority: str = NORMAL) -> str:
+        """Where a schedule puts its task when it fires (sourced into the lane)."""
+        base = f"{self.root}.schedule.due.{agent_type}"
+        return base if priority == NORMAL else f"{base}.{priority}"
+
+    def schedules(self) -> str:
+        return f"{self.root}.schedule.>"
 
     def heartbeat(self, agent_type: str = "*", worker_id: str = "*") -> str:
         return f"{self.root}.heartbeat.{agent_type}.{worker_id}"
@@ -121,12 +167,31 @@ class Names:
         return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.tasks_stream}.{consumer}"
 
     @staticmethod
-    def consumer(agent_type: str) -> str:
-        return f"workers-{agent_type}"
+    def consumer(agent_type: str, priority: str = NORMAL) -> str:
+        base = f"{CONSUMER_PREFIX}{agent_type}"
+        return base if priority == NORMAL else f"{base}{LANE_SEP}{priority}"
+
+    @staticmethod
+    def consumers(agent_type: str) -> list[str]:
+        """The type's consumers, high lane first."""
+        return [Names.consumer(agent_type, p) for p in LANES]
+
+    @staticmethod
+    def lane_of_consumer(consumer: str) -> tuple[str, str] | None:
+        """(agent type, lane) of one of the task consumers, else None."""
+        if not consumer.startswith(CONSUMER_PREFIX):
+            return None
+        agent_type, sep, lane = consumer[len(CONSUMER_PREFIX) :].partition(LANE_SEP)
+        if not sep:
+            return agent_type, NORMAL
+        if lane not in (HIGH, LOW):
+            return None
+        return agent_type, lane
 
     @staticmethod
     def type_of_consumer(consumer: str) -> str | None:
-        return consumer[len("workers-") :] if consumer.startswith("workers-") else None
+        lane = Names.lane_of_consumer(consumer)
+        return lane[0] if lane is not None else None
 
     # redis keys
     @property

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundry.contracts import TaskStatus
-from foundry.names import Names
+from foundry.names import LOW, Names
 
 HEALER, GATEWAY, MONITOR, CLIENT, ADMIN = "healer", "gateway", "monitor", "client", "admin"
 ORCHESTRATOR = "orchestrator"
@@ -87,7 +87,7 @@ def _stream_api(names: Names, *verbs: str, streams: Iterable[str] | None = None)
 
 
 def _streams(names: Names) -> list[str]:
-    return [names.tasks_stream, names.events_stream, names.dead_stream]
+    return [names.tasks_stream, names.events_stream, names.dead_stream, names.schedules_stream]
 
 
 def _buckets(names: Names) -> list[str]:
@@ -133,16 +133,19 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
     tasks = names.tasks_stream
     if role.startswith(WORKER_PREFIX):
         agent_type = role[len(WORKER_PREFIX) :]
-        consumer = names.consumer(agent_type)
+        consumers = names.consumers(agent_type)  # one per lane
         return Permissions(
             publish=[
                 names.heartbeat(agent_type, "*"),
                 *(names.task_event(status, agent_type) for status in WORKER_STATUSES),
                 names.output(agent_type, ">"),  # streamed task output: its own type's only
-                f"{API}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
-                f"{API}.CONSUMER.INFO.{tasks}.{consumer}",
-                f"$JS.ACK.{tasks}.{consumer}.>",
+                *(f"{API}.CONSUMER.MSG.NEXT.{tasks}.{c}" for c in consumers),
+                *(f"{API}.CONSUMER.INFO.{tasks}.{c}" for c in consumers),
+                *(f"$JS.ACK.{tasks}.{c}.>" for c in consumers),
                 *_stream_api(names, "INFO"),
+                # moving a task its headers ask for: to the low lane, or to a schedule
+                names.tasks(agent_type, LOW),
+                names.schedule(agent_type, ">"),
             ],
             subscribe=[inbox, names.worker_control(agent_type), names.cancel_notice()],
         )
@@ -159,7 +162,12 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 *_stream_api(names, "INFO", "CREATE", "UPDATE"),
                 f"{API}.STREAM.MSG.GET.{tasks}",
                 f"{API}.STREAM.MSG.DELETE.{tasks}",
-                *(s for t in agent_types for s in _consumer_create(tasks, names.consumer(t))),
+                *(
+                    s
+                    for t in agent_types
+                    for c in names.consumers(t)
+                    for s in _consumer_create(tasks, c)
+                ),
                 f"{API}.CONSUMER.INFO.{tasks}.*",
             ],
             subscribe=[
@@ -175,7 +183,8 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
         events = names.events_stream
         return Permissions(
             publish=[
-                names.tasks("*"),
+                *names.task_lanes("*"),
+                names.schedule("*", ">"),  # delayed tasks
                 names.task_event(TaskStatus.QUEUED, "*"),
                 names.heal_event("audit"),  # operator actions, naming the API token
                 *(names.control(v) for v in ("ping", "status", "heal", "release", "cancel")),
@@ -226,7 +235,7 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
     if role == CLIENT:
         return Permissions(
             publish=[
-                names.tasks("*"),
+                *names.task_lanes("*"),
                 names.control("ping"),
                 names.control("status"),
                 f"{API}.STREAM.INFO.{tasks}",

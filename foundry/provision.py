@@ -1,4 +1,4 @@
-"""Idempotent provisioning of streams and per-type durable pull consumers.
+"""Idempotent provisioning of streams and per-type, per-lane durable pull consumers.
 
 The server defaults are unsafe for a task queue (unlimited ``max_deliver``,
 ``max_ack_pending`` 1000 shared by everything): both are set on purpose here.
@@ -11,6 +11,11 @@ Replicas (``FOUNDRY_STREAM_REPLICAS``): a set value is applied to every stream,
 up or down; unset (0) means 3 when the server's INFO shows a cluster of at least
 three servers, else 1, and never lowers what a stream already has (a process that
 saw fewer servers does not shrink a stream).
+
+Delayed tasks use JetStream message schedules. AGENT_TASKS cannot hold them
+itself (the server refuses schedules on a discard-new stream, and a schedule's
+target must be in its own stream), so they wait on AGENT_SCHEDULES, whose fired
+copies AGENT_TASKS sources into the lanes by subject transform.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
+    SubjectTransform,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
 from foundry.errors import ProvisioningError
+from foundry.names import HIGH, LANES, LOW, NORMAL, Names
 from foundry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,10 @@ log = logging.getLogger(__name__)
 MSG_HEADROOM = 64 * 1024
 # A dead letter carries the task's payload as a JSON string: escaping may grow it.
 DEAD_LETTER_GROWTH = 6
+# A fired schedule's copy on AGENT_SCHEDULES only has to last until AGENT_TASKS has
+# sourced it (at once, or once a full lane has room again).
+FIRED_TTL = "24h"
+FIRED_TTL_SECONDS = 86400.0
 
 
 def task_msg_bytes(settings: Settings) -> int:
@@ -81,12 +93,38 @@ def stream_replicas(settings: Settings, server_info: dict[str, Any]) -> int:
     return settings.stream_replicas or auto_replicas(server_info)
 
 
+def due_sources(names: Names) -> list[StreamSource]:
+    """AGENT_TASKS' source: each lane's fired schedules, renamed into that lane."""
+    transforms = [
+        SubjectTransform(
+            src=names.schedule_due("*", lane),
+            dest=names.tasks("{{wildcard(1)}}", lane),
+        )
+        for lane in (NORMAL, HIGH, LOW)
+    ]
+    return [StreamSource(name=names.schedules_stream, subject_transforms=transforms)]
+
+
 def stream_configs(settings: Settings, replicas: int = 1) -> list[StreamConfig]:
     names = settings.names
     configs = [
         StreamConfig(
+            name=names.schedules_stream,
+            subjects=[names.schedules()],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,  # the only policy schedules allow
+            allow_msg_schedules=True,
+            allow_msg_ttl=True,
+            max_age=settings.max_delay + FIRED_TTL_SECONDS,
+            duplicate_window=settings.duplicate_window,
+            max_bytes=settings.schedules_max_bytes,
+            max_msg_size=task_msg_bytes(settings),
+        ),
+        StreamConfig(
             name=names.tasks_stream,
-            subjects=[names.tasks()],
+            subjects=names.task_lanes(),
+            sources=due_sources(names),
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             discard=DiscardPolicy.NEW,
@@ -163,10 +201,10 @@ def bucket_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
-def consumer_config(settings: Settings, agent_type: str) -> ConsumerConfig:
+def consumer_config(settings: Settings, agent_type: str, lane: str = NORMAL) -> ConsumerConfig:
     return ConsumerConfig(
-        durable_name=settings.names.consumer(agent_type),
-        filter_subject=settings.names.tasks(agent_type),
+        durable_name=settings.names.consumer(agent_type, lane),
+        filter_subject=settings.names.tasks(agent_type, lane),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=settings.ack_wait,
@@ -259,8 +297,16 @@ async def ensure_buckets(js: JetStreamContext, settings: Settings) -> None:
 
 
 async def ensure_consumer(js: JetStreamContext, settings: Settings, agent_type: str) -> None:
-    """Create the durable pull consumer ``workers-<type>``, or update it where it differs."""
-    config = consumer_config(settings, agent_type)
+    """Create the type's durable pull consumers (``workers-<type>`` and the ``@high``,
+    ``@low`` lanes), or update them where they differ."""
+    for lane in LANES:
+        await _ensure_lane(js, settings, agent_type, lane)
+
+
+async def _ensure_lane(
+    js: JetStreamContext, settings: Settings, agent_type: str, lane: str
+) -> None:
+    config = consumer_config(settings, agent_type, lane)
     stream = settings.names.tasks_stream
     assert config.durable_name is not None
     try:

@@ -160,6 +160,8 @@ class Settings:
         "FOUNDRY_DUPLICATE_WINDOW", _positive(float, 600.0, strict=False), 900.0
     )
     events_max_age: float = _opt("FOUNDRY_EVENTS_MAX_AGE", _positive(float), 7 * 86400.0)
+    # how far ahead a delayed task's not_before may be (seconds)
+    max_delay: float = _opt("FOUNDRY_MAX_DELAY", _positive(float, 1.0, strict=False), 7 * 86400.0)
     concurrency: int = _opt("FOUNDRY_WORKER_CONCURRENCY", _positive(int), 16)
     # the most a control message may raise one worker's concurrency to
     max_concurrency: int = _opt("FOUNDRY_WORKER_MAX_CONCURRENCY", _positive(int), 256)
@@ -274,6 +276,8 @@ class Settings:
     # verified against FOUNDRY_NATS_TLS_CA).
     nats_server_cert: str = _opt("FOUNDRY_NATS_SERVER_CERT", _file, "")
     nats_server_key: str = _opt("FOUNDRY_NATS_SERVER_KEY", _file, "")
+    # AGENT_SCHEDULES (delayed tasks): new delays are refused at 90% of it
+    schedules_max_bytes: int = _opt("FOUNDRY_SCHEDULES_MAX_BYTES", _positive(_size), 256 * 1024**2)
 
     def __post_init__(self) -> None:
         if self.fleet is None:

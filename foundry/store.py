@@ -31,7 +31,7 @@ from foundry.errors import CacheUnavailable
 from foundry.names import Names
 from foundry.scripts import ScriptBatcher
 
-DEAD, QUEUED = TaskStatus.DEAD, TaskStatus.QUEUED
+DEAD, QUEUED, SCHEDULED = TaskStatus.DEAD, TaskStatus.QUEUED, TaskStatus.SCHEDULED
 
 _FINAL_CHECK = """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -79,11 +79,13 @@ return out
 """
 )
 
-# KEYS: task key. ARGV: agent_type, now, ttl. Returns the existing status or 'created'.
+# KEYS: task key. ARGV: agent_type, now, ttl, status (queued or scheduled), not_before
+# ('' for none). Returns the existing status or 'created'.
 _QUEUE = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st then return st end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'agent_type', ARGV[1], 'submitted_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', ARGV[4], 'agent_type', ARGV[1], 'submitted_at', ARGV[2])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'not_before', ARGV[5]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 'created'
 """
@@ -126,6 +128,7 @@ class TaskRecord:
     # lineage of a replayed dead letter (foundry.replays)
     replay_of: str | None = None
     replayed_as: str | None = None
+    not_before: float | None = None
 
     @property
     def final(self) -> bool:
@@ -149,6 +152,7 @@ class TaskRecord:
             "duration_seconds": duration,
             "replay_of": self.replay_of,
             "replayed_as": self.replayed_as,
+            "not_before": self.not_before,
         }
 
 
@@ -182,10 +186,26 @@ class TaskStore:
             redis, {"claim": _CLAIM, "finish": _FINISH, "queue": _QUEUE, "cancel": _CANCEL}
         )
 
-    async def queue(self, task_id: str, agent_type: str, now: float | None = None) -> str:
-        """Record a submission; returns 'created' or the status already stored."""
+    async def queue(
+        self,
+        task_id: str,
+        agent_type: str,
+        now: float | None = None,
+        not_before: float | None = None,
+    ) -> str:
+        """Record a submission, ``scheduled`` when it has a ``not_before`` (a claim makes it
+        ``running``), else ``queued``; returns 'created' or the status already stored."""
+        status = QUEUED if not_before is None else SCHEDULED
         out = await self._scripts.call(
-            "queue", [self.names.task_key(task_id)], [agent_type, now or time.time(), self.ttl]
+            "queue",
+            [self.names.task_key(task_id)],
+            [
+                agent_type,
+                now or time.time(),
+                self.ttl,
+                status.value,
+                "" if not_before is None else repr(not_before),
+            ],
         )
         return out.decode() if isinstance(out, bytes) else str(out)
 
@@ -193,7 +213,7 @@ class TaskStore:
         """Undo :meth:`queue` when the publish failed (only while still queued)."""
         key = self.names.task_key(task_id)
         try:
-            if await self.redis.hget(key, "status") == QUEUED.encode():
+            if await self.redis.hget(key, "status") in (QUEUED.encode(), SCHEDULED.encode()):
                 await self.redis.delete(key)
         except RedisError as exc:
             raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
@@ -313,6 +333,7 @@ class TaskStore:
             finished_at=_f(raw, "finished_at"),
             replay_of=_s(raw, "replay_of"),
             replayed_as=_s(raw, "replayed_as"),
+            not_before=_f(raw, "not_before"),
         )
 
     async def append_output(self, task_id: str, payloads: list[bytes]) -> None:

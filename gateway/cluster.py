@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from foundry.apitokens import READ
+from foundry.names import LANES
 from gateway.auth import caller
 from gateway.heal import ask_healer
 from gateway.jsonio import json_response
@@ -61,24 +62,34 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body, status=200 if not problems else 503)
 
 
-async def _queues(request: web.Request) -> dict[str, dict[str, int]]:
+async def _queues(request: web.Request) -> dict[str, dict[str, Any]]:
+    """Per type: its lanes' consumers summed, and what waits in each lane."""
     settings, js = request.app[SETTINGS], request.app[JS]
-    out: dict[str, dict[str, int]] = {}
+    out: dict[str, dict[str, Any]] = {}
     if not request.app[NC].is_connected:
         return out
-    for agent_type in settings.fleet:
-        try:
-            info = await asyncio.wait_for(
-                js.consumer_info(settings.names.tasks_stream, settings.names.consumer(agent_type)),
+    pairs = [(t, lane) for t in settings.fleet for lane in LANES]
+    infos = await asyncio.gather(
+        *(
+            asyncio.wait_for(
+                js.consumer_info(settings.names.tasks_stream, settings.names.consumer(t, lane)),
                 PROBE_TIMEOUT,
             )
-        except Exception:
+            for t, lane in pairs
+        ),
+        return_exceptions=True,
+    )
+    for (agent_type, lane), info in zip(pairs, infos, strict=True):
+        if isinstance(info, BaseException):
             continue
-        out[agent_type] = {
-            "pending": info.num_pending or 0,
-            "ack_pending": info.num_ack_pending or 0,
-            "redelivered": info.num_redelivered or 0,
-        }
+        row = out.setdefault(
+            agent_type,
+            {"pending": 0, "ack_pending": 0, "redelivered": 0, "pending_by_priority": {}},
+        )
+        row["pending"] += info.num_pending or 0
+        row["ack_pending"] += info.num_ack_pending or 0
+        row["redelivered"] += info.num_redelivered or 0
+        row["pending_by_priority"][lane] = info.num_pending or 0
     return out
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from foundry.contracts import TASK_ID_RE, DeadLetterAction, TaskStatus, values
+from foundry.contracts import TASK_ID_RE, DeadLetterAction, TaskPriority, TaskStatus, values
 from foundry.settings import Settings
 from gateway.spec import Schema
 
 STATUSES = values(TaskStatus)
+PRIORITIES = values(TaskPriority)
 
 STR: Schema = {"type": "string"}
 INT: Schema = {"type": "integer"}
@@ -49,8 +50,31 @@ def submit_body(settings: Settings) -> Schema:
         description=STR,
         input={"description": "any JSON value; null counts as no input"},
         task_id=SUBMIT_TASK_ID,
+        priority={
+            "enum": [*PRIORITIES, None],
+            "default": TaskPriority.NORMAL.value,
+            "description": "high is taken before normal, normal before low (per type)",
+        },
+        delay={
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": settings.max_delay,
+            "description": "seconds from now before the task may start (FOUNDRY_MAX_DELAY "
+            "at most); not with not_before",
+        },
+        # JSON Schema cannot bound a time by the clock: the gateway refuses one more than
+        # FOUNDRY_MAX_DELAY ahead (400, field not_before).
+        not_before={
+            "type": ["number", "null"],
+            "description": "Unix time before which the task does not start (at most "
+            "FOUNDRY_MAX_DELAY ahead; a past time: at once); not with delay",
+        },
     )
     body["additionalProperties"] = False
+    body["not"] = {
+        "required": ["delay", "not_before"],
+        "properties": {"delay": {"type": "number"}, "not_before": {"type": "number"}},
+    }
     body["anyOf"] = [
         {"required": ["description"], "properties": {"description": {"pattern": NON_BLANK}}},
         {"required": ["input"], "properties": {"input": {"not": {"type": "null"}}}},
@@ -65,6 +89,8 @@ SUBMITTED = obj(
     status={"const": "submitted"},
     duplicate=BOOL,
     task_status={"enum": list(STATUSES), "description": "present for a known task id"},
+    priority={"enum": list(PRIORITIES)},
+    not_before={"type": "number", "description": "present for a delayed task"},
 )
 
 COMPONENTS: dict[str, Schema] = {
@@ -96,6 +122,7 @@ COMPONENTS: dict[str, Schema] = {
         duration_seconds=OPT_NUM,
         replay_of={**OPT_STR, "description": "the dead task this task replays"},
         replayed_as={**OPT_STR, "description": "the task this dead task was last replayed as"},
+        not_before={**OPT_NUM, "description": "a delayed task: not started before"},
     ),
     "Status": obj(
         ("total_workers", "healthy_workers", "unhealthy_workers", "agent_types", "queues"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from typing import Any
@@ -21,8 +22,10 @@ from foundry.contracts import (
     TASK_ID_RE,
     Task,
     TaskEvent,
+    TaskPriority,
     TaskStatus,
     valid_task_id,
+    values,
 )
 from foundry.errors import (
     JS_ERR_MAX_MSGS_PER_SUBJECT,
@@ -31,6 +34,8 @@ from foundry.errors import (
     QueueFull,
 )
 from foundry.names import validate_agent_type
+from foundry.schedule import SchedulesFull, check_room, schedule_message
+from foundry.settings import Settings
 from gateway.auth import presented_token, require
 from gateway.errors import ApiError, bad_request
 from gateway.jsonio import json_response
@@ -42,6 +47,7 @@ PUBLISH_TIMEOUT = 2.0
 PUBLISH_BUDGET = 12.0
 PUBLISH_ATTEMPTS = 60
 QUERY_FIELDS = ("agent_type", "description", "task_id")
+BODY_FIELDS = ("agent_type", "description", "input", "task_id", "priority", "delay", "not_before")
 RESERVED_PREFIX = SEQ_ID_PREFIX  # ids derived from stream sequences (seq_task_id)
 
 # /api/cluster/task/submit is the submit route, so "submit" cannot be a task id over HTTP.
@@ -105,10 +111,10 @@ def _fields(request: web.Request, body: dict[str, Any] | None) -> dict[str, Any]
 def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
     settings = request.app[SETTINGS]
     fields = _fields(request, body)
-    unknown = sorted(set(fields) - {"agent_type", "description", "input", "task_id"})
+    unknown = sorted(set(fields) - set(BODY_FIELDS))
     if unknown:
         raise bad_request(
-            f"unknown field(s) {unknown}; allowed: agent_type, description, input, task_id",
+            f"unknown field(s) {unknown}; allowed: {', '.join(BODY_FIELDS)}",
             field=unknown[0],
         )
     agent_type = fields.get("agent_type")
@@ -146,7 +152,59 @@ def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
             "without an id (seq-<stream sequence>); choose another task_id",
             "task_id",
         )
-    return Task(task_id, agent_type, description, task_input, time.time())
+    now = time.time()
+    return Task(
+        task_id,
+        agent_type,
+        description,
+        task_input,
+        now,
+        priority=_priority(fields),
+        not_before=_not_before(settings, fields, now),
+    )
+
+
+def _priority(fields: dict[str, Any]) -> TaskPriority:
+    value = fields.get("priority")
+    if value is None:
+        return TaskPriority.NORMAL
+    if isinstance(value, str) and value in values(TaskPriority):
+        return TaskPriority(value)
+    raise bad_request(
+        f"priority must be one of {', '.join(TaskPriority)} (got {str(value)[:40]!r})",
+        "priority",
+    )
+
+
+def _seconds(fields: dict[str, Any], name: str) -> float | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad_request(f"{name} must be a number of seconds", name)
+    return float(value)
+
+
+def _not_before(settings: Settings, fields: dict[str, Any], now: float) -> float | None:
+    """When the task may start: ``now + delay`` or ``not_before``; None for at once."""
+    delay, at = _seconds(fields, "delay"), _seconds(fields, "not_before")
+    if delay is not None and at is not None:
+        raise bad_request("send delay or not_before, not both", "delay")
+    name, ahead = ("delay", delay) if delay is not None else ("not_before", None)
+    if delay is not None:
+        if delay < 0:
+            raise bad_request(f"delay must be 0 or more seconds (got {delay:g})", "delay")
+        at = now + delay
+    elif at is not None:
+        ahead = at - now
+    if at is None or ahead is None or ahead <= 0:
+        return None  # due already: it runs as soon as a worker is free
+    if ahead > settings.max_delay:
+        raise bad_request(
+            f"{name} is {ahead:.0f}s ahead, over FOUNDRY_MAX_DELAY={settings.max_delay:g}s",
+            name,
+        )
+    return at
 
 
 def _queue_full(exc: JsAPIError) -> bool:
@@ -157,14 +215,25 @@ def _queue_full(exc: JsAPIError) -> bool:
 async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
     """Publish with ``Nats-Msg-Id``; a publish that timed out or found no stream leader
     (a clustered stream electing a new one) is retried with the same id, for at most
-    PUBLISH_BUDGET seconds: the stream stores it once.
+    PUBLISH_BUDGET seconds: the stream stores it once. A task with a ``not_before`` goes
+    to its schedule, any other to its lane.
 
     JetStream's refusals become core errors here: a full queue :class:`QueueFull`, any
     other :class:`BrokerUnavailable` (the error middleware answers 429 and 503).
     """
     nc, js = request.app[NC], request.app[JS]
-    subject = request.app[SETTINGS].names.tasks(task.agent_type)
-    headers = {MSG_ID_HEADER: task.task_id}
+    settings = request.app[SETTINGS]
+    if task.not_before is not None:
+        try:
+            await check_room(js, settings)
+        except SchedulesFull as exc:
+            raise ApiError(429, "queue_full", f"{exc}; retry later") from None
+        except Exception as exc:
+            raise BrokerUnavailable(f"cannot read the schedules stream ({exc!r})") from None
+        subject, headers = schedule_message(settings, task)
+    else:
+        subject = settings.names.tasks(task.agent_type, task.priority)
+        headers = {MSG_ID_HEADER: task.task_id}
     tracing.current().inject(headers)  # traceparent of the submit span, when tracing is on
     last: Exception | None = None
     deadline = time.monotonic() + PUBLISH_BUDGET
@@ -218,7 +287,7 @@ async def submit(request: web.Request) -> web.Response:
 
 async def _submit(request: web.Request, task: Task, payload: bytes) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
-    existing = await store.queue(task.task_id, task.agent_type, task.submitted_at)
+    existing = await store.queue(task.task_id, task.agent_type, task.submitted_at, task.not_before)
     record = None
     if existing != "created":
         record = await store.get(task.task_id)
@@ -241,7 +310,10 @@ async def _submit(request: web.Request, task: Task, payload: bytes) -> web.Respo
         "agent_type": task.agent_type,
         "status": "submitted",
         "duplicate": duplicate,
+        "priority": task.priority.value,
     }
+    if task.not_before is not None:
+        body["not_before"] = task.not_before
     if record is not None:
         body["task_status"] = record.status
     return json_response(body, status=202)

@@ -82,16 +82,22 @@ class DeadLetters:
         await self.nc.subscribe(self.names.max_deliveries_advisory(), cb=self._on_max_deliveries)
 
     def _owned(self, agent_type: str, entry: InFlightEntry) -> bool:
-        """Whether ``entry.reply`` acks ``entry.stream_seq`` on the type's own consumer."""
+        """Whether ``entry.reply`` acks ``entry.stream_seq`` on one of the type's own
+        consumers (one per lane)."""
         target = ack_target(entry.reply)
-        expected = (self.names.tasks_stream, self.names.consumer(agent_type), entry.stream_seq)
-        if target == expected:
+        consumers = self.names.consumers(agent_type)
+        if (
+            target is not None
+            and target[0] == self.names.tasks_stream
+            and target[1] in consumers
+            and target[2] == entry.stream_seq
+        ):
             return True
         REJECTIONS.record(
             "heartbeat",
             "foreign_ack",
             f"in-flight entry for seq {entry.stream_seq} of {agent_type!r} lists ack subject "
-            f"{entry.reply[:80]!r}, not one of {expected[1]!r}",
+            f"{entry.reply[:80]!r}, not one of {', '.join(consumers)}",
         )
         return False
 

@@ -1,4 +1,7 @@
-"""JetStream state as metrics: queue depth per consumer, stream sizes, dead letters per type.
+"""JetStream state as metrics: queue depth per type and lane, stream sizes, dead letters per type.
+
+A type's queue is its three lanes' consumers (``foundry.names``): the per-type
+figures are their sums; ``foundry_queue_lane_pending`` has them one by one.
 
 Read from ``consumer_info`` / ``stream_info`` (one small request each) every
 ``FOUNDRY_HOST_INTERVAL`` and cached; a scrape never waits on NATS. When the
@@ -17,7 +20,7 @@ from nats.js import JetStreamContext
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from foundry.names import Names
+from foundry.names import LANES, Names
 from monitor.labels import AgentTypes
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class JetStreamStats(Collector):
         self.names = names
         self.types = types
         self.queues: dict[str, QueueState] = {}
+        self.lanes: dict[tuple[str, str], int] = {}  # (agent type, lane) → pending
         self.streams: dict[str, StreamState] = {}
         self.dead_letters: dict[str, int] = {}
         self.up = False
@@ -62,7 +66,8 @@ class JetStreamStats(Collector):
 
     async def _read(self, js: JetStreamContext) -> None:
         names = self.names
-        for stream in (names.tasks_stream, names.events_stream, names.dead_stream):
+        streams = (names.tasks_stream, names.events_stream, names.dead_stream)
+        for stream in (*streams, names.schedules_stream):
             try:
                 info = await js.stream_info(stream)
             except Exception as exc:
@@ -72,18 +77,24 @@ class JetStreamStats(Collector):
             s = info.state
             self.streams[stream] = StreamState(s.messages, s.bytes, s.consumer_count, s.last_seq)
         for agent_type in list(self.types.known):
-            try:
-                c = await js.consumer_info(
-                    names.tasks_stream, names.consumer(agent_type), timeout=REQUEST_TIMEOUT
-                )
-            except Exception as exc:
-                if "not found" not in str(exc).lower():
-                    raise
-                continue
-            self.queues[agent_type] = QueueState(
-                c.num_pending or 0, c.num_ack_pending or 0, c.num_redelivered or 0,
-                c.num_waiting or 0,
-            )  # fmt: skip
+            total = [0, 0, 0, 0]
+            found = False
+            for lane in LANES:
+                try:
+                    c = await js.consumer_info(
+                        names.tasks_stream, names.consumer(agent_type, lane),
+                        timeout=REQUEST_TIMEOUT,
+                    )  # fmt: skip
+                except Exception as exc:
+                    if "not found" not in str(exc).lower():
+                        raise
+                    continue
+                found = True
+                self.lanes[(agent_type, lane)] = c.num_pending or 0
+                figures = (c.num_pending, c.num_ack_pending, c.num_redelivered, c.num_waiting)
+                total = [t + (n or 0) for t, n in zip(total, figures, strict=True)]
+            if found:
+                self.queues[agent_type] = QueueState(*total)
         if names.dead_stream in self.streams:
             dead = await js.stream_info(names.dead_stream, subjects_filter=names.dead("*"))
             counts = dict.fromkeys(self.types.known, 0)
@@ -126,6 +137,14 @@ class JetStreamStats(Collector):
         for agent_type, q in sorted(self.queues.items()):
             for attr, family in families.items():
                 family.add_metric([agent_type], getattr(q, attr))
+        lanes = GaugeMetricFamily(
+            "foundry_queue_lane_pending",
+            "Tasks waiting for a first delivery, per priority lane.",
+            labels=["agent_type", "priority"],
+        )
+        for (agent_type, lane), n in sorted(self.lanes.items()):
+            lanes.add_metric([agent_type, lane], n)
+        yield lanes
         dead = GaugeMetricFamily(
             "foundry_dead_letters", "Tasks in the dead letter stream, per agent type.",
             labels=["agent_type"],

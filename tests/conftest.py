@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import nats
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientSession, web
@@ -164,6 +166,40 @@ def api_tokens(tmp_path: Path) -> ApiTokens:
     return ApiTokens(tmp_path / "secrets" / "api-tokens.jsonl")
 
 
+def _drop_streams(made: list[Settings]) -> None:
+    """Delete the streams of each namespace a test made on the session's nats-server.
+
+    A stream's byte limit is reserved against the server's storage whether used or
+    not, so namespaces left behind (a healer provisioned them) would use it up.
+    Runs in its own thread and loop (a fixture teardown has none), bounded in time.
+    """
+
+    async def drop(settings: Settings) -> None:
+        names = settings.names
+        conn = await nats.connect(
+            settings.nats_url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0
+        )
+        try:
+            js = conn.jetstream(timeout=1)
+            for stream in (names.tasks_stream, names.events_stream, names.dead_stream,
+                           names.schedules_stream, names.kv_stream(names.workflow_bucket),
+                           names.kv_stream(names.lease_bucket)):  # fmt: skip
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(stream)
+        finally:
+            await conn.close()
+
+    async def drop_all() -> None:
+        for settings in made:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(drop(settings), 5)
+
+    if made:
+        sweeper = threading.Thread(target=asyncio.run, args=(drop_all(),), daemon=True)
+        sweeper.start()
+        sweeper.join(5 * len(made) + 5)
+
+
 @pytest.fixture
 def make_settings(
     nats_url: str,
@@ -171,7 +207,7 @@ def make_settings(
     nats_bus: AuthNats | None,
     tmp_path: Path,
     api_tokens: ApiTokens,
-) -> Callable[..., Settings]:
+) -> Iterator[Callable[..., Settings]]:
     """Settings for a fresh namespace, quick timings, the test's token file; keyword
     overrides win.
 
@@ -205,6 +241,7 @@ def make_settings(
             "tasks_max_bytes": 32 * 1024**2,
             "events_max_bytes": 16 * 1024**2,
             "dead_max_bytes": 16 * 1024**2,
+            "schedules_max_bytes": 16 * 1024**2,
         }
         base.update(overrides)
         if bus is not None and "nats_url" not in overrides:
@@ -214,9 +251,14 @@ def make_settings(
             registered.add(id(bus))
             base["nats_url"] = bus.url_for(namespace, ADMIN)
             base["nats_role_passwords"] = {r: passwords[r] for r in service_roles(types)}
-        return Settings(**base)
+        made = Settings(**base)
+        if bus is not None and bus is nats_bus and "nats_url" not in overrides:
+            on_session_server.append(made)
+        return made
 
-    return make
+    on_session_server: list[Settings] = []
+    yield make
+    _drop_streams(on_session_server)
 
 
 @pytest.fixture
@@ -239,6 +281,7 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
             names.dead_stream,
             names.kv_stream(names.workflow_bucket),
             names.kv_stream(names.lease_bucket),
+            names.schedules_stream,
         ):
             with contextlib.suppress(Exception):
                 await js.delete_stream(stream)

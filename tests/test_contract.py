@@ -84,7 +84,14 @@ async def test_schemathesis_all_checks_with_and_without_a_token(
         async with http.get(f"{base}/api/openapi.json") as resp:
             assert resp.status == 200
             doc = tmp_path / "openapi.json"
-            doc.write_text(await resp.text())
+            served = await resp.json()
+        # not_before's bound moves with the clock, which JSON Schema cannot state (test_delay
+        # checks it): leave the field out of what schemathesis generates
+        body = served["paths"]["/api/cluster/task/submit"]["post"]["requestBody"]
+        submit = body["content"]["application/json"]["schema"]
+        submit.get("properties", {}).pop("not_before", None)
+        submit.pop("not", None)
+        doc.write_text(json.dumps(served))
     started = time.monotonic()
     # When schemathesis runs every check with the admin token
     with_token = tmp_path / "with-token.har"

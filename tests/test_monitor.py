@@ -233,20 +233,25 @@ async def test_task_and_heal_events_become_counters(
 async def test_queue_depth_and_stream_state_from_jetstream(
     settings: Settings, nc: NATS, make_monitor: Any
 ) -> None:
-    # Given three coder tasks and no coder worker
+    # Given three coder tasks in the normal lane, two high and one low, and no coder worker
     js = nc.jetstream()
     for i in range(3):
         await js.publish(settings.names.tasks("coder"), f"waiting {i}".encode())
+    for lane, n in (("high", 2), ("low", 1)):
+        for i in range(n):
+            await js.publish(settings.names.tasks("coder", lane), f"{lane} {i}".encode())
     mon = await make_monitor(settings)
 
-    # Then the monitor reports them pending on the coder consumer
+    # Then the monitor reports them pending for coder, in all and lane by lane
     async def pending() -> Samples | None:
         m = await mon.metrics()
-        return m if value(m, "foundry_queue_pending", agent_type="coder") == 3 else None
+        return m if value(m, "foundry_queue_pending", agent_type="coder") == 6 else None
 
     m = await eventually(pending, 15, interval=0.1)
+    for lane, n in (("high", 2), ("normal", 3), ("low", 1)):
+        assert value(m, "foundry_queue_lane_pending", agent_type="coder", priority=lane) == n
     assert value(m, "foundry_queue_ack_pending", agent_type="coder") == 0
-    assert value(m, "foundry_stream_messages", stream=settings.names.tasks_stream) == 3
+    assert value(m, "foundry_stream_messages", stream=settings.names.tasks_stream) == 6
     assert value(m, "foundry_dead_letters", agent_type="coder") == 0
     assert value(m, "foundry_jetstream_up") == 1
     assert value(m, "foundry_host_disk_usage_ratio", path=str(settings.watched_paths[0]))

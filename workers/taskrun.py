@@ -24,6 +24,7 @@ from foundry.contracts import (
     InFlightEntry,
     Task,
     TaskEvent,
+    TaskPriority,
     TaskStatus,
     parse_task,
 )
@@ -32,6 +33,7 @@ from foundry.histogram import BucketCounts
 from foundry.settings import Settings
 from foundry.store import TaskStore
 from workers.handlers import Handler, RetryableError, TaskContext, TaskFailed
+from workers.lanes import move_to_low, move_to_schedule, plan_move
 from workers.leases import InFlight, safe
 from workers.output import OutputEmitter
 
@@ -106,13 +108,18 @@ class TaskRunner:
             await self._finish(msg, entry, TaskStatus.FAILED, None, failed, 0.0)
             return
         entry.task_id = task.task_id
+        submitted = task.submitted_at or stored_at
+        if (task.not_before is not None or task.priority is not TaskPriority.NORMAL) and (
+            await self._moved(msg, task, submitted)
+        ):
+            return
         # one span per delivery, under the publisher's traceparent when it sent one
         with tracing.current().span(
             "task", parent=msg.headers or {}, kind="consumer",
             attributes={"task.id": task.task_id, "agent.type": self.agent_type,
                         "task.attempt": entry.delivery},
         ):  # fmt: skip
-            await self._claim_and_run(msg, entry, task, task.submitted_at or stored_at)
+            await self._claim_and_run(msg, entry, task, submitted)
 
     async def _claim_and_run(
         self, msg: Msg, entry: InFlightEntry, task: Task, submitted: float
@@ -151,6 +158,38 @@ class TaskRunner:
         if status is None:
             return  # retry requested: already nak'ed
         await self._finish(msg, entry, status, result, error, elapsed)
+
+    async def _moved(self, msg: Msg, task: Task, submitted: float) -> bool:
+        """Do what the task's headers ask before it runs; True when it was moved (and acked).
+
+        Not due for a while: rescheduled (status ``scheduled``). Due within a second:
+        waited for here. ``low`` on the normal lane: moved to the low lane.
+        """
+        move = plan_move(self.names, msg.subject, task, time.time())
+        scheduled = move.schedule
+        if scheduled is not None:
+            try:
+                await move_to_schedule(self.nc, self.settings, msg, scheduled)
+            except Exception as exc:
+                log.warning("task %s not rescheduled (%r); retry later", task.task_id, exc)
+                await safe(msg.nak(delay=self.settings.retry_delay))
+                return True
+            marked = await self._cache(
+                msg,
+                lambda: self.store.queue(
+                    task.task_id, self.agent_type, submitted, scheduled.not_before
+                ),
+            )
+            if marked is not None:
+                await safe(msg.ack())
+            return True
+        if move.to_low and await move_to_low(self.nc, self.names, msg, task):
+            await safe(msg.ack())
+            return True
+        if move.hold > 0:
+            await safe(msg.in_progress())
+            await asyncio.sleep(move.hold)
+        return False
 
     async def _run_handler(self, msg: Msg, task: Task, entry: InFlightEntry) -> Outcome:
         lease_every = min(0.5, self.settings.ack_wait / 4)

@@ -4,11 +4,18 @@ The fetch loop takes as many messages as there are free places, registers
 them in the in-flight table, announces them in a flushed heartbeat, then runs
 each (see :mod:`workers.taskrun`). Redelivered tasks run one at a time with
 nothing beside them (see :meth:`Worker._isolate_suspects`).
+
+Lanes (:mod:`workers.lanes`): the fetch loop reads high, then normal, then low;
+beside it the high loop keeps a long-poll on the high lane, so a high task is
+taken at once and starts in the next free place. Messages fetched while every
+place is taken wait, held and leased, in the ready queue (high ones in front);
+no more than ``concurrency`` handlers ever run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import re
@@ -16,11 +23,9 @@ import socket
 import time
 from typing import Any
 
-import nats.errors
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from foundry.contracts import (
     ControlRequest,
@@ -36,11 +41,12 @@ from foundry.settings import Settings
 from foundry.store import TaskStore
 from workers.handlers import Handler, close_handler, setup_handler
 from workers.heartbeat import HeartbeatSender
+from workers.lanes import FETCH_TIMEOUT, Lanes
 from workers.leases import InFlight, safe
 from workers.taskrun import TaskRunner
 
 log = logging.getLogger(__name__)
-FETCH_TIMEOUT = 1.0  # shorter fetches stall now and then (DESIGN.md)
+Held = tuple[Msg, InFlightEntry]
 
 
 def default_worker_id(agent_type: str, host: str, pid: int) -> str:
@@ -74,6 +80,8 @@ class Worker:
         self.inflight = InFlight(settings.ack_wait, safe)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._slot_free = asyncio.Event()
+        self._ready: collections.deque[Held] = collections.deque()  # fetched, not started
+        self._ready_empty = asyncio.Event()
         self._cache_ok = asyncio.Event()
         self._cache_ok.set()
         self._draining = asyncio.Event()
@@ -85,7 +93,6 @@ class Worker:
     async def run(self, nc: NATS, redis: aioredis.Redis, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then drain within ``drain_timeout``."""
         self.nc = nc
-        js = nc.jetstream()
         store = TaskStore(
             redis,
             self.names,
@@ -106,28 +113,34 @@ class Worker:
         self._beat = beat
         beat_task = spawn(beat.run(), self._tasks)
         lease_task = spawn(self.inflight.keep_leases(), self._tasks)
-        psub = await js.pull_subscribe_bind(
-            durable=self.names.consumer(self.agent_type), stream=self.names.tasks_stream
-        )
+        lanes = Lanes(nc, self.names, self.agent_type)
+        await lanes.bind()
         await nc.subscribe(self.names.worker_control(self.agent_type), cb=self._on_control)
         await nc.subscribe(self.names.cancel_notice(), cb=self._on_cancel)
         await setup_handler(self.handler, self.settings)
         self.state = WorkerState.IDLE
-        fetcher = spawn(self._fetch_loop(psub), self._tasks)
+        fetchers = {
+            spawn(self._fetch_loop(lanes), self._tasks),
+            spawn(self._high_loop(lanes), self._tasks),
+        }
         await stop.wait()
         log.info("draining: %d task(s) in flight", len(self.inflight))
         self.state = WorkerState.DRAINING
         self._draining.set()
         self._slot_free.set()
         await beat.send_once()
-        await asyncio.wait({fetcher}, timeout=FETCH_TIMEOUT + 1)
+        await asyncio.wait(fetchers, timeout=FETCH_TIMEOUT + 1)
+        while self._ready:
+            msg, entry = self._ready.popleft()
+            self.inflight.release(entry)
+            await safe(msg.nak())  # let a live worker have it now
         await self._drain()
         await close_handler(self.handler)
         self.state = WorkerState.STOPPED
         await beat.send_once()
         beat_task.cancel()
         lease_task.cancel()
-        await safe(psub.unsubscribe())
+        await lanes.close()
 
     async def _drain(self) -> None:
         pending = await self.inflight.wait_handlers(self.settings.drain_timeout)
@@ -184,23 +197,32 @@ class Worker:
         )
 
     # ---- fetching --------------------------------------------------------------------
-    async def _fetch_loop(self, psub: JetStreamContext.PullSubscription) -> None:
+    def _running(self) -> int:
+        return len(self.inflight.handlers)
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        event.clear()
+        try:
+            await asyncio.wait_for(event.wait(), 1.0)
+        except TimeoutError:
+            pass
+
+    async def _fetch_loop(self, lanes: Lanes) -> None:
         while not self._draining.is_set():
+            if self._ready and self._running() < self.concurrency:
+                await self._start_ready()
+                continue
             free = self.concurrency - len(self.inflight)
             if free <= 0 or not self._cache_ok.is_set():
-                self._slot_free.clear()
-                try:
-                    await asyncio.wait_for(self._slot_free.wait(), 1.0)
-                except TimeoutError:
-                    pass
+                await self._wait(self._slot_free)
                 continue
             try:
-                msgs = await psub.fetch(free, timeout=FETCH_TIMEOUT)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                msgs = await lanes.fetch(free)
             except Exception as exc:
                 log.warning("fetch failed (%r); retrying", exc)
                 await asyncio.sleep(0.5)
+                continue
+            if not msgs:
                 continue
             if self._draining.is_set():
                 for msg in msgs:
@@ -211,8 +233,50 @@ class Worker:
                 await self._isolate_suspects(batch)
                 continue
             await self._announce()
-            for msg, entry in batch:
+            room = self.concurrency - self._running()
+            for msg, entry in batch[:room]:
                 self._run(msg, entry)
+            for msg, entry in batch[max(0, room) :]:  # a high task took a place meanwhile
+                self.inflight.hold(msg, entry)
+                self._ready.append((msg, entry))
+
+    async def _high_loop(self, lanes: Lanes) -> None:
+        """Keep a long-poll on the high lane; start what it takes, or put it first in line."""
+        while not self._draining.is_set():
+            if self._ready or not self._cache_ok.is_set():
+                await self._wait(self._ready_empty)
+                continue
+            try:
+                msgs = await lanes.fetch_high()
+            except Exception as exc:
+                log.warning("high-lane fetch failed (%r); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                if self._draining.is_set():
+                    await safe(msg.nak())
+                    continue
+                entry = self.inflight.register(msg)
+                if entry.delivery > 1 or self._running() >= self.concurrency:
+                    self.inflight.hold(msg, entry)
+                    self._ready.appendleft((msg, entry))
+                    self._slot_free.set()
+                    await self._announce()
+                    continue
+                await self._announce()
+                self._run(msg, entry)
+
+    async def _start_ready(self) -> None:
+        """Start held messages, front first, while places are free."""
+        while self._ready and self._running() < self.concurrency:
+            msg, entry = self._ready.popleft()
+            if entry.delivery > 1:
+                await self._isolate_suspects([(msg, entry)])
+            else:
+                self._run(msg, entry)
+        if not self._ready:
+            self._ready_empty.set()
+        await self._announce()
 
     def _run(self, msg: Msg, entry: InFlightEntry) -> asyncio.Task[Any]:
         assert self.runner is not None

@@ -14,7 +14,7 @@ from foundry.contracts.task import TASK_ID_RE
 from foundry.names import AGENT_TYPE_RE
 
 STREAM_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-CONSUMER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CONSUMER_RE = re.compile(r"^[A-Za-z0-9_@-]{1,64}$")  # @: a lane (foundry.names)
 MAX_DEAD_BYTES = 8 * 1024 * 1024
 MAX_EVIDENCE = 64
 _dead = Reader("dead_letter")

@@ -14,6 +14,7 @@ class TaskStatus(StrEnum):
     """Where a task is: its record in Redis and the token in ``events.task.<status>``."""
 
     QUEUED = "queued"
+    SCHEDULED = "scheduled"  # delayed: not to start before its not_before
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -28,6 +29,15 @@ class TaskStatus(StrEnum):
 FINAL_STATUSES = frozenset(
     {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED}
 )
+
+
+class TaskPriority(StrEnum):
+    """A task's lane within its type: ``high`` is taken before ``normal``, ``normal`` before
+    ``low``. The normal lane is the plain ``agents.tasks.<type>`` subject."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
 
 
 class WorkerState(StrEnum):

@@ -21,7 +21,7 @@ from foundry.names import AGENT_TYPE_RE
 # A worker id is one subject token: no dots, no wildcards.
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:/-]{0,127}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
-ACK_SUBJECT_RE = re.compile(r"^\$JS\.ACK\.[A-Za-z0-9_.:-]{1,240}$")
+ACK_SUBJECT_RE = re.compile(r"^\$JS\.ACK\.[A-Za-z0-9_.:@-]{1,240}$")  # @: a lane
 MAX_IN_FLIGHT = 4096
 MAX_HEARTBEAT_BYTES = 2 * 1024 * 1024
 PROGRESS_NOTE_MAX = 200

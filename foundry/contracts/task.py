@@ -3,8 +3,13 @@
 A task arrives either as a JSON object (``description``, optional ``input``,
 optional ``task_id``, optional ``submitted_at``, optional ``submitted_by``: who
 submitted it, as the gateway states it) or as plain text (the text is the
-description). Its id is the ``Nats-Msg-Id`` header, else the payload's
+description). Its id is the ``Foundry-Task-Id`` header (set when a worker or the
+gateway moves a task to another lane or to a schedule, where ``Nats-Msg-Id`` is
+used for de-duplication of the move), else ``Nats-Msg-Id``, else the payload's
 ``task_id``, else ``seq-<stream sequence>``.
+
+Two optional headers shape when and in what order it runs: ``Foundry-Priority``
+(``high``, ``normal``, ``low``) and ``Foundry-Not-Before`` (Unix seconds).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry import codec
+from foundry.contracts.enums import TaskPriority
 from foundry.errors import MalformedTask
 
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -23,6 +29,9 @@ TASK_ID_HINT = (
     "1-128 characters: letters, digits, '_', '-', '.', ':' (starting with a letter or digit)"
 )
 MSG_ID_HEADER = "Nats-Msg-Id"
+TASK_ID_HEADER = "Foundry-Task-Id"
+PRIORITY_HEADER = "Foundry-Priority"
+NOT_BEFORE_HEADER = "Foundry-Not-Before"
 SEQ_ID_PREFIX = "seq-"
 # submitted_at is a Unix time: not before 2000, not more than a day ahead of this host
 EARLIEST_SUBMIT = 946684800.0
@@ -47,6 +56,16 @@ class Task:
     input: Any = None
     submitted_at: float | None = None
     submitted_by: str | None = None
+    priority: TaskPriority = TaskPriority.NORMAL
+    not_before: float | None = None  # Unix time: the task does not start earlier
+
+    def headers(self) -> dict[str, str]:
+        """What a publisher sets beside the payload: the id, and the start time if any
+        (the priority travels in the subject: see :meth:`foundry.names.Names.tasks`)."""
+        out = {MSG_ID_HEADER: self.task_id}
+        if self.not_before is not None:
+            out[NOT_BEFORE_HEADER] = f"{self.not_before:.3f}"
+        return out
 
     def to_payload(self) -> bytes:
         body: dict[str, Any] = {"task_id": self.task_id, "description": self.description}
@@ -60,9 +79,10 @@ class Task:
 
 
 def task_id_from(headers: dict[str, str] | None, payload_id: object, stream_seq: int) -> str:
-    header_id = (headers or {}).get(MSG_ID_HEADER)
-    if header_id and valid_task_id(header_id):
-        return header_id
+    for name in (TASK_ID_HEADER, MSG_ID_HEADER):
+        header_id = (headers or {}).get(name)
+        if header_id and valid_task_id(header_id):
+            return header_id
     if valid_task_id(payload_id):
         return str(payload_id)
     return seq_task_id(stream_seq)
@@ -77,6 +97,7 @@ def parse_task(
 ) -> Task:
     """Read a task payload; raises MalformedTask naming the reason and the task's id."""
     fallback_id = task_id_from(headers, None, stream_seq)
+    priority, not_before = _scheduling(fallback_id, headers)
     if len(data) > max_bytes:
         raise MalformedTask(
             fallback_id, f"payload is {len(data)} bytes, over the {max_bytes} limit"
@@ -89,7 +110,7 @@ def parse_task(
     if not stripped:
         raise MalformedTask(fallback_id, "payload is empty: send a description or a JSON object")
     if stripped[0] not in "{[":
-        return Task(fallback_id, agent_type, stripped)
+        return Task(fallback_id, agent_type, stripped, priority=priority, not_before=not_before)
     try:
         body = codec.loads(stripped)
     except codec.JSONDecodeError as exc:
@@ -112,7 +133,36 @@ def parse_task(
         body.get("input"),
         _submitted_at(task_id, body),
         submitter[:200] if isinstance(submitter, str) and submitter else None,
+        priority,
+        not_before,
     )
+
+
+def _scheduling(task_id: str, headers: dict[str, str] | None) -> tuple[TaskPriority, float | None]:
+    """The ``Foundry-Priority`` and ``Foundry-Not-Before`` headers, validated."""
+    headers = headers or {}
+    raw = headers.get(PRIORITY_HEADER) or ""
+    try:
+        priority = TaskPriority(raw.strip().lower()) if raw else TaskPriority.NORMAL
+    except ValueError:
+        raise MalformedTask(
+            task_id,
+            f"header {PRIORITY_HEADER}={raw[:40]!r} is not one of "
+            f"{', '.join(p.value for p in TaskPriority)}",
+        ) from None
+    raw = headers.get(NOT_BEFORE_HEADER) or ""
+    if not raw:
+        return priority, None
+    try:
+        not_before = float(raw)
+    except ValueError:
+        not_before = math.nan
+    if not math.isfinite(not_before) or not_before < EARLIEST_SUBMIT:
+        raise MalformedTask(
+            task_id,
+            f"header {NOT_BEFORE_HEADER}={raw[:40]!r} is not a Unix time in seconds (after 2000)",
+        )
+    return priority, not_before
 
 
 def _submitted_at(task_id: str, body: dict[str, Any]) -> float | None:
