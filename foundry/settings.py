@@ -23,10 +23,13 @@ from foundry.settingsparse import (
     DEFAULT_FLEET,
     MAX_WORKERS_PER_TYPE,
     FleetRange,
+    Rate,
     parse_bindings,
     parse_fleet,
     parse_fleet_ranges,
+    parse_rate_limits,
     parse_role_secrets,
+    parse_token_budgets,
     read_fields,
     section,
     write_fields,
@@ -58,6 +61,7 @@ __all__ = [
     "ExecSettings",
     "FleetRange",
     "LlmSettings",
+    "Rate",
     "Settings",
     "WebhookSettings",
     "local_gateway_url",
@@ -210,6 +214,16 @@ class Settings:
         "FOUNDRY_OTEL_ENDPOINT", _optional_url(("http", "https")), "", repr=False
     )
     otel_file: str = _opt("FOUNDRY_OTEL_FILE", str, "")
+    # Cluster-wide limits kept in Redis (foundry.ratelimit): tasks started per agent type and
+    # requests per model (FOUNDRY_RATE_LIMITS), tokens per model (FOUNDRY_TOKEN_BUDGETS).
+    rate_limits: dict[str, Rate] = _opt(
+        "FOUNDRY_RATE_LIMITS", lambda t: parse_rate_limits(t), None
+    )
+    token_budgets: dict[str, Rate] = _opt(
+        "FOUNDRY_TOKEN_BUDGETS", lambda t: parse_token_budgets(t), None
+    )
+    # The longest a task waits for a limit before it is handed back (nak) to wait again.
+    rate_wait_max: float = _opt("FOUNDRY_RATE_WAIT_MAX", _positive(float), 300.0)
 
     def __post_init__(self) -> None:
         if self.fleet is None:
@@ -226,6 +240,10 @@ class Settings:
             raise ConfigError("FOUNDRY_FLEET: fleet and fleet_ranges name different minimums")
         if self.handlers is None:
             object.__setattr__(self, "handlers", {})
+        if self.rate_limits is None:
+            object.__setattr__(self, "rate_limits", {})
+        if self.token_budgets is None:
+            object.__setattr__(self, "token_budgets", {})
         if self.nats_role_passwords is None:
             object.__setattr__(self, "nats_role_passwords", {})
         if self.clean_paths is None:
