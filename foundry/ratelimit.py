@@ -206,7 +206,7 @@ class Limiter:
         if r is None:
             return
         k = self.key(name)
-        args = [ticket, max(0, int(reserved)), max(0, int(actual)), r.count]
+        args: list[str | int] = [ticket, max(0, int(reserved)), max(0, int(actual)), r.count]
         await self._settle(keys=[k, k + ":sum"], args=args)
 
     async def pause(self, name: str, seconds: float) -> bool:

@@ -216,9 +216,7 @@ class Settings:
     otel_file: str = _opt("FOUNDRY_OTEL_FILE", str, "")
     # Cluster-wide limits kept in Redis (foundry.ratelimit): tasks started per agent type and
     # requests per model (FOUNDRY_RATE_LIMITS), tokens per model (FOUNDRY_TOKEN_BUDGETS).
-    rate_limits: dict[str, Rate] = _opt(
-        "FOUNDRY_RATE_LIMITS", lambda t: parse_rate_limits(t), None
-    )
+    rate_limits: dict[str, Rate] = _opt("FOUNDRY_RATE_LIMITS", lambda t: parse_rate_limits(t), None)
     token_budgets: dict[str, Rate] = _opt(
         "FOUNDRY_TOKEN_BUDGETS", lambda t: parse_token_budgets(t), None
     )
