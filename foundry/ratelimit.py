@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from foundry.settingsparse import MODEL_NAME_RE, Rate
+from foundry.rates import MODEL_NAME_RE, Rate
 
 log = logging.getLogger(__name__)
 

@@ -17,19 +17,17 @@ from typing import Any
 from foundry.errors import ConfigError
 from foundry.handlersettings import ExecSettings, LlmSettings, WebhookSettings
 from foundry.names import Names
+from foundry.rates import Rate, parse_rate_limits, parse_token_budgets
 
 # The parsers keep the short private names the field table below has always used.
 from foundry.settingsparse import (
     DEFAULT_FLEET,
     MAX_WORKERS_PER_TYPE,
     FleetRange,
-    Rate,
     parse_bindings,
     parse_fleet,
     parse_fleet_ranges,
-    parse_rate_limits,
     parse_role_secrets,
-    parse_token_budgets,
     read_fields,
     section,
     write_fields,

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from foundry.contracts import Heartbeat, WorkerState, values
 from foundry.histogram import TASK_SECONDS_BOUNDS, cumulative
 from foundry.livetable import Incarnation, LiveTable, Seen
+from foundry.settings import Settings
 from monitor.labels import AgentTypes, BoundedLabels
 
 SILENT = "silent"
@@ -108,6 +109,8 @@ class ClusterExporter(Collector):
         types: AgentTypes | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        limits: Iterable[str] = (),
+        models: Iterable[str] = (),
     ) -> None:
         self.fleet = dict(fleet)
         self.types = types or AgentTypes(fleet)
@@ -117,6 +120,9 @@ class ClusterExporter(Collector):
         self._folded: dict[str, Totals] = {}
         self.limit_names = BoundedLabels(MAX_LIMIT_LABELS)
         self.models = BoundedLabels(MAX_MODEL_LABELS)
+        # configured limits and models are shown from the start, at 0
+        self.zero_limits = [n for n in limits if self.limit_names.admit(n) is not None]
+        self.zero_models = [m for m in models if m and self.models.admit(m) is not None]
 
     # ---- input -----------------------------------------------------------------------
     def observe(self, beat: Heartbeat) -> None:
@@ -195,6 +201,11 @@ class ClusterExporter(Collector):
         cluster = Totals()
         for totals in self.totals().values():
             cluster.add(totals)
+        for name in self.zero_limits:
+            cluster.limit_waits.setdefault(name, 0)
+        for model in self.zero_models:
+            for table in (cluster.prompt_tokens, cluster.completion_tokens, cluster.throttled):
+                table.setdefault(model, 0)
         waits = CounterMetricFamily(
             "foundry_limit_waits", "Tasks or requests that waited for a rate limit or token "
             "budget (FOUNDRY_RATE_LIMITS, FOUNDRY_TOKEN_BUDGETS, model pauses).", labels=["limit"],
@@ -290,3 +301,12 @@ class ClusterExporter(Collector):
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:
     return list(zip(_LE, (float(c) for c in cumulative(counts)), strict=True))
+
+
+def limit_labels(settings: Settings) -> tuple[list[str], list[str]]:
+    """The limit names and models the settings configure (shown at 0 before any traffic)."""
+    limits = [n if n.startswith("llm:") else f"type:{n}" for n in settings.rate_limits]
+    limits += [f"tokens:{m}" for m in settings.token_budgets]
+    models = [settings.llm.model, *settings.llm.models, *settings.token_budgets]
+    models += [n[4:] for n in settings.rate_limits if n.startswith("llm:")]
+    return limits, list(dict.fromkeys(m for m in models if m))

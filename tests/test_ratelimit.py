@@ -10,8 +10,8 @@ import redis.asyncio as aioredis
 
 from foundry.errors import ConfigError
 from foundry.ratelimit import Limiter, new_ticket, valid_name
+from foundry.rates import parse_rate_limits, parse_token_budgets, rate
 from foundry.settings import Rate, Settings
-from foundry.settingsparse import parse_rate_limits, parse_token_budgets, rate
 
 
 def test_rate_spellings() -> None:

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from foundry.contracts import Heartbeat, MessageRejected, WorkerState
-from foundry.settings import LlmSettings, Rate
-from monitor.exporter import ClusterExporter
+from foundry.settings import LlmSettings, Rate, Settings
+from monitor.exporter import ClusterExporter, limit_labels
 from tests.fakes import FakeLLM, llm_app, serve
 from tests.procs import ProcessGroup
 from tests.test_flow import submit, wait_task
@@ -194,3 +194,17 @@ def test_exporter_sums_limit_counters_with_bounded_models() -> None:
     assert samples[("foundry_llm_provider_throttled_total", (("model", "m1"),))] == 1
     models = {dict(k[1]).get("model") for k in samples if k[0] == "foundry_llm_tokens_total"}
     assert len(models) == 32  # MAX_MODEL_LABELS: the rest are not label values
+
+
+def test_configured_limits_and_models_show_at_zero() -> None:
+    settings = Settings(
+        rate_limits={"coder": Rate(5, 1.0), "llm:m2": Rate(9, 60.0)}, llm=LlmSettings(model="m1")
+    )
+    limits, models = limit_labels(settings)
+    assert limits == ["type:coder", "llm:m2"] and models == ["m1", "m2"]
+    exporter = ClusterExporter({"coder": 1}, silence_timeout=60, limits=limits, models=models)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for m in exporter.collect() for s in m.samples}  # fmt: skip
+    assert samples[("foundry_limit_waits_total", (("limit", "type:coder"),))] == 0
+    assert samples[("foundry_llm_tokens_total", (("kind", "prompt"), ("model", "m2")))] == 0
+    assert samples[("foundry_llm_provider_throttled_total", (("model", "m1"),))] == 0
