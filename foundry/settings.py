@@ -18,6 +18,7 @@ from typing import Any
 from foundry.errors import ConfigError
 from foundry.handlersettings import ExecSettings, LlmSettings, WebhookSettings
 from foundry.names import Names
+from foundry.rates import Rate, parse_rate_limits, parse_token_budgets
 
 # The parsers keep the short private names the field table below has always used.
 from foundry.settingsparse import (
@@ -60,6 +61,7 @@ __all__ = [
     "ExecSettings",
     "FleetRange",
     "LlmSettings",
+    "Rate",
     "Settings",
     "WebhookSettings",
     "local_gateway_url",
@@ -278,6 +280,14 @@ class Settings:
     nats_server_key: str = _opt("FOUNDRY_NATS_SERVER_KEY", _file, "")
     # AGENT_SCHEDULES (delayed tasks): new delays are refused at 90% of it
     schedules_max_bytes: int = _opt("FOUNDRY_SCHEDULES_MAX_BYTES", _positive(_size), 256 * 1024**2)
+    # Cluster-wide limits kept in Redis (foundry.ratelimit): tasks started per agent type and
+    # requests per model (FOUNDRY_RATE_LIMITS), tokens per model (FOUNDRY_TOKEN_BUDGETS).
+    rate_limits: dict[str, Rate] = _opt("FOUNDRY_RATE_LIMITS", lambda t: parse_rate_limits(t), None)
+    token_budgets: dict[str, Rate] = _opt(
+        "FOUNDRY_TOKEN_BUDGETS", lambda t: parse_token_budgets(t), None
+    )
+    # The longest a task waits for a limit before it is handed back (nak) to wait again.
+    rate_wait_max: float = _opt("FOUNDRY_RATE_WAIT_MAX", _positive(float), 300.0)
 
     def __post_init__(self) -> None:
         if self.fleet is None:
@@ -294,6 +304,10 @@ class Settings:
             raise ConfigError("FOUNDRY_FLEET: fleet and fleet_ranges name different minimums")
         if self.handlers is None:
             object.__setattr__(self, "handlers", {})
+        if self.rate_limits is None:
+            object.__setattr__(self, "rate_limits", {})
+        if self.token_budgets is None:
+            object.__setattr__(self, "token_budgets", {})
         if self.nats_role_passwords is None:
             object.__setattr__(self, "nats_role_passwords", {})
         if self.clean_paths is None:

@@ -233,6 +233,18 @@ def tasks() -> list[Panel]:
                 f"sum by (agent_type) (rate(foundry_tasks_failed_total{T}{RI})) + "
                 f"sum by (agent_type) (rate(foundry_tasks_completed_total{T}{RI})))",
                 "{{agent_type}}"), unit="percentunit"),
+        series("Limit waits",
+               (f"sum by (limit) (rate(foundry_limit_waits_total{RI}))", "{{limit}} waits"),
+               (f"sum by (limit) (rate(foundry_limit_wait_seconds_total{RI}))",
+                "{{limit}} seconds waited"),
+               (f"sum by (model) (increase(foundry_llm_provider_throttled_total{RI}))",
+                "{{model}} provider 429s"),
+               description="Tasks and llm requests held back by FOUNDRY_RATE_LIMITS, "
+                           "FOUNDRY_TOKEN_BUDGETS or a provider's Retry-After."),
+        series("Tokens by model",
+               (f"sum by (model, kind) (rate(foundry_llm_tokens_total{RI}))",
+                "{{model}} {{kind}}"),
+               description="Tokens per second the llm servers reported (prompt, completion)."),
         series("Gateway latency p95 by route",
                *quantiles("foundry_gateway_request_duration_seconds", "route", qs=(0.95,)),
                unit="s"),

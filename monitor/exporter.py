@@ -30,7 +30,8 @@ from prometheus_client.registry import Collector
 from foundry.contracts import Heartbeat, WorkerState, values
 from foundry.histogram import TASK_SECONDS_BOUNDS, cumulative
 from foundry.livetable import Incarnation, LiveTable, Seen
-from monitor.labels import AgentTypes
+from foundry.settings import Settings
+from monitor.labels import AgentTypes, BoundedLabels
 
 SILENT = "silent"
 # what a worker says of itself (but 'stopped', which leaves the table), and 'silent'
@@ -39,6 +40,8 @@ _NBUCKETS = len(TASK_SECONDS_BOUNDS) + 1
 _LE = [f"{b:g}" for b in TASK_SECONDS_BOUNDS] + ["+Inf"]
 _KEEP_FINISHED = 1024  # finished processes remembered one by one (older ones are folded)
 MAX_DESIRED = 256  # FOUNDRY_FLEET's largest count
+MAX_LIMIT_LABELS = 64  # limit names, and models, that become label values
+MAX_MODEL_LABELS = 32
 
 
 @dataclass
@@ -51,6 +54,12 @@ class Totals:
     task_buckets: list[int] = field(default_factory=lambda: [0] * _NBUCKETS)
     wait_sum: float = 0.0
     wait_buckets: list[int] = field(default_factory=lambda: [0] * _NBUCKETS)
+    # Rate limits: by limit name, and the llm handler's tokens and 429s by model.
+    limit_waits: dict[str, float] = field(default_factory=dict)
+    limit_wait_seconds: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: dict[str, float] = field(default_factory=dict)
+    completion_tokens: dict[str, float] = field(default_factory=dict)
+    throttled: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, beat: Heartbeat) -> Totals:
@@ -60,6 +69,11 @@ class Totals:
             out.task_sum, out.task_buckets = beat.task_seconds_sum, list(beat.task_seconds_buckets)
         if _valid(beat.wait_seconds_buckets):
             out.wait_sum, out.wait_buckets = beat.wait_seconds_sum, list(beat.wait_seconds_buckets)
+        out.limit_waits = dict(beat.limit_waits)
+        out.limit_wait_seconds = dict(beat.limit_wait_seconds)
+        out.prompt_tokens = dict(beat.llm_prompt_tokens)
+        out.completion_tokens = dict(beat.llm_completion_tokens)
+        out.throttled = dict(beat.llm_throttled)
         return out
 
     def add(self, other: Totals) -> None:
@@ -70,6 +84,15 @@ class Totals:
         for i in range(_NBUCKETS):
             self.task_buckets[i] += other.task_buckets[i]
             self.wait_buckets[i] += other.wait_buckets[i]
+        for mine, theirs in (
+            (self.limit_waits, other.limit_waits),
+            (self.limit_wait_seconds, other.limit_wait_seconds),
+            (self.prompt_tokens, other.prompt_tokens),
+            (self.completion_tokens, other.completion_tokens),
+            (self.throttled, other.throttled),
+        ):
+            for name, value in theirs.items():
+                mine[name] = mine.get(name, 0) + value
 
 
 def _valid(buckets: list[int]) -> bool:
@@ -86,6 +109,8 @@ class ClusterExporter(Collector):
         types: AgentTypes | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        limits: Iterable[str] = (),
+        models: Iterable[str] = (),
     ) -> None:
         self.fleet = dict(fleet)
         self.types = types or AgentTypes(fleet)
@@ -93,6 +118,11 @@ class ClusterExporter(Collector):
         self.workers = LiveTable(silence_timeout, clock=clock, on_retire=self._retire)
         self._finished: OrderedDict[Incarnation, tuple[str, Totals]] = OrderedDict()
         self._folded: dict[str, Totals] = {}
+        self.limit_names = BoundedLabels(MAX_LIMIT_LABELS)
+        self.models = BoundedLabels(MAX_MODEL_LABELS)
+        # configured limits and models are shown from the start, at 0
+        self.zero_limits = [n for n in limits if self.limit_names.admit(n) is not None]
+        self.zero_models = [m for m in models if m and self.models.admit(m) is not None]
 
     # ---- input -----------------------------------------------------------------------
     def observe(self, beat: Heartbeat) -> None:
@@ -139,6 +169,7 @@ class ClusterExporter(Collector):
     def collect(self) -> Iterable[Metric]:
         live = self.live()
         yield from self._task_metrics()
+        yield from self._limit_metrics()
         yield from self._worker_counts(live)
         yield from self._per_worker(live)
 
@@ -165,6 +196,45 @@ class ClusterExporter(Collector):
             duration.add_metric([agent_type], _buckets(t.task_buckets), t.task_sum)
             wait.add_metric([agent_type], _buckets(t.wait_buckets), t.wait_sum)
         yield from (completed, failed, duration, wait)
+
+    def _limit_metrics(self) -> Iterable[Metric]:
+        cluster = Totals()
+        for totals in self.totals().values():
+            cluster.add(totals)
+        for name in self.zero_limits:
+            cluster.limit_waits.setdefault(name, 0)
+        for model in self.zero_models:
+            for table in (cluster.prompt_tokens, cluster.completion_tokens, cluster.throttled):
+                table.setdefault(model, 0)
+        waits = CounterMetricFamily(
+            "foundry_limit_waits", "Tasks or requests that waited for a rate limit or token "
+            "budget (FOUNDRY_RATE_LIMITS, FOUNDRY_TOKEN_BUDGETS, model pauses).", labels=["limit"],
+        )  # fmt: skip
+        waited = CounterMetricFamily(
+            "foundry_limit_wait_seconds", "Seconds spent waiting for rate limits.",
+            labels=["limit"],
+        )  # fmt: skip
+        for name in sorted(cluster.limit_waits):
+            if self.limit_names.admit(name) is not None:
+                waits.add_metric([name], cluster.limit_waits[name])
+                waited.add_metric([name], cluster.limit_wait_seconds.get(name, 0.0))
+        tokens = CounterMetricFamily(
+            "foundry_llm_tokens", "Tokens the llm handler's server reported, by model and kind.",
+            labels=["model", "kind"],
+        )  # fmt: skip
+        throttled = CounterMetricFamily(
+            "foundry_llm_provider_throttled", "Provider answers HTTP 429 (rate limited), by model.",
+            labels=["model"],
+        )  # fmt: skip
+        for kind, table in (("prompt", cluster.prompt_tokens),
+                            ("completion", cluster.completion_tokens)):  # fmt: skip
+            for model in sorted(table):
+                if self.models.admit(model) is not None:
+                    tokens.add_metric([model, kind], table[model])
+        for model in sorted(cluster.throttled):
+            if self.models.admit(model) is not None:
+                throttled.add_metric([model], cluster.throttled[model])
+        yield from (waits, waited, tokens, throttled)
 
     def _worker_counts(self, live: list[Seen]) -> Iterable[Metric]:
         counts = {(t, s): 0 for t in self.types.known for s in STATES}
@@ -231,3 +301,12 @@ class ClusterExporter(Collector):
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:
     return list(zip(_LE, (float(c) for c in cumulative(counts)), strict=True))
+
+
+def limit_labels(settings: Settings) -> tuple[list[str], list[str]]:
+    """The limit names and models the settings configure (shown at 0 before any traffic)."""
+    limits = [n if n.startswith("llm:") else f"type:{n}" for n in settings.rate_limits]
+    limits += [f"tokens:{m}" for m in settings.token_budgets]
+    models = [settings.llm.model, *settings.llm.models, *settings.token_budgets]
+    models += [n[4:] for n in settings.rate_limits if n.startswith("llm:")]
+    return limits, list(dict.fromkeys(m for m in models if m))

@@ -44,3 +44,24 @@ class AgentTypes:
 def one_of(value: object, allowed: tuple[str, ...]) -> str:
     """``value`` when it is one of ``allowed``, else ``'other'``."""
     return value if isinstance(value, str) and value in allowed else OTHER
+
+
+class BoundedLabels:
+    """Label values (limit names, models) admitted first come, up to ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.known: set[str] = set()
+        self._limit = limit
+        self._warned = False
+
+    def admit(self, value: str) -> str | None:
+        if value in self.known:
+            return value
+        if len(self.known) >= self._limit:
+            if not self._warned:
+                log.warning("more than %d label values seen; ignoring %r and later ones",
+                            self._limit, value)  # fmt: skip
+                self._warned = True
+            return None
+        self.known.add(value)
+        return value

@@ -33,7 +33,7 @@ from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.settings import Settings
 from monitor.events import EventMetrics
-from monitor.exporter import ClusterExporter
+from monitor.exporter import ClusterExporter, limit_labels
 from monitor.hostmetrics import HostMetrics
 from monitor.jetstream import JetStreamStats
 from monitor.labels import AgentTypes
@@ -54,7 +54,10 @@ class Monitor:
         self.subject = self.names.host(self.hostname)
         self.registry = CollectorRegistry()
         self.types = AgentTypes(settings.fleet)
-        self.exporter = ClusterExporter(settings.fleet, settings.silence_timeout, types=self.types)
+        limits, models = limit_labels(settings)
+        self.exporter = ClusterExporter(
+            settings.fleet, settings.silence_timeout, types=self.types, limits=limits, models=models
+        )
         self.events = EventMetrics(self.registry, self.types)
         self.jetstream = JetStreamStats(self.names, self.types)
         self.host_metrics = HostMetrics()

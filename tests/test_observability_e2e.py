@@ -15,7 +15,7 @@ from aiohttp import ClientSession
 
 from foundry.connect import connect_nats
 from foundry.servers import free_port
-from foundry.settings import Settings
+from foundry.settings import LlmSettings, Rate, Settings
 from tests import dashboards
 from tests.bus import AuthNats
 from tests.cluster import slots, start_healer, wait_running, watch
@@ -73,6 +73,8 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
         # any disk is "full": a dry-run clean every second (the first comes before the monitor)
         disk_threshold=0.1, remediation_dry_run=True, remediation_cooldown=1.0,
         gateway_port=free_port(), healer_port=free_port(), monitor_port=free_port(),
+        # a limit and a model configured: the limit and token panels show them from the start
+        rate_limits={"coder": Rate(1000, 1.0)}, llm=LlmSettings(model="test-model"),
     )  # fmt: skip
     # and a scrape token for the gateway's /metrics (scope metrics), as compose makes one
     token_file = tmp_path / "metrics.token"

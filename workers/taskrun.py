@@ -30,6 +30,7 @@ from foundry.contracts import (
 )
 from foundry.errors import CacheUnavailable, MalformedTask
 from foundry.histogram import BucketCounts
+from foundry.ratelimit import Limiter, type_limit
 from foundry.settings import Settings
 from foundry.store import TaskStore
 from workers.handlers import Handler, RetryableError, TaskContext, TaskFailed
@@ -76,6 +77,12 @@ class TaskRunner:
         self.inflight = inflight
         self.cache_state = cache_state  # tells the fetch loop whether Redis answers
         self.counters = Counters()
+        rate = settings.rate_limits.get(agent_type)
+        self.limiter = (
+            Limiter(store.redis, self.names.key_prefix, {type_limit(agent_type): rate})
+            if rate is not None
+            else None
+        )
 
     async def handle(self, msg: Msg, entry: InFlightEntry) -> None:
         try:
@@ -140,6 +147,8 @@ class TaskRunner:
             return
         if claim == "stale":  # a later delivery owns this task now
             return
+        if not await self._within_type_limit(msg, entry):
+            return
         now = time.time()
         waited = max(0.0, now - submitted)
         tracer = tracing.current()
@@ -186,10 +195,38 @@ class TaskRunner:
         if move.to_low and await move_to_low(self.nc, self.names, msg, task):
             await safe(msg.ack())
             return True
-        if move.hold > 0:
+        if move.hold > 0 and task.not_before is not None:
             await safe(msg.in_progress())
-            await asyncio.sleep(move.hold)
+            for _ in range(3):  # a timer may wake a little early: never start before the time
+                left = task.not_before - time.time()
+                if left <= 0:
+                    break
+                await asyncio.sleep(left + 0.001)
         return False
+
+    async def _within_type_limit(self, msg: Msg, entry: InFlightEntry) -> bool:
+        """Wait, lease kept, until this type's FOUNDRY_RATE_LIMITS window has room; after
+        FOUNDRY_RATE_WAIT_MAX the message is handed back (nak) to wait again, never failed."""
+        if self.limiter is None:
+            return True
+        name = type_limit(self.agent_type)
+        self.inflight.lease(msg, entry)
+        try:
+
+            async def note() -> None:
+                entry.progress = f"waiting for the rate limit {name}"
+                entry.progress_at = time.time()
+
+            granted, waited = await self.limiter.wait_for(
+                {name: 1}, f"{entry.task_id}:{entry.delivery}", self.settings.rate_wait_max, note
+            )
+        finally:
+            self.inflight.unlease(entry)
+        entry.progress = None
+        if not granted:
+            log.info("task %s over %s for %.0fs; nak", entry.task_id, name, waited)
+            await safe(msg.nak(delay=self.settings.retry_delay))
+        return granted
 
     async def _run_handler(self, msg: Msg, task: Task, entry: InFlightEntry) -> Outcome:
         lease_every = min(0.5, self.settings.ack_wait / 4)

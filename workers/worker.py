@@ -35,6 +35,7 @@ from foundry.contracts import (
     WorkerControl,
     WorkerState,
 )
+from foundry.ratelimit import LIMIT_STATS
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.settings import Settings
@@ -194,6 +195,7 @@ class Worker:
             wait_seconds_sum=round(c.wait_seconds, 6) if c else 0.0,
             task_seconds_buckets=c.task_hist.counts() if c else [],
             wait_seconds_buckets=c.wait_hist.counts() if c else [],
+            **LIMIT_STATS.heartbeat_fields(),
         )
 
     # ---- fetching --------------------------------------------------------------------

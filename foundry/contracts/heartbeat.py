@@ -23,6 +23,9 @@ WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:/-]{0,127}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 ACK_SUBJECT_RE = re.compile(r"^\$JS\.ACK\.[A-Za-z0-9_.:@-]{1,240}$")  # @: a lane
 MAX_IN_FLIGHT = 4096
+# Names of limits (type:<t>, llm:<model>, tokens:<model>) and of models in the counter tables.
+COUNTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,135}$")
+MAX_COUNTER_NAMES = 64
 MAX_HEARTBEAT_BYTES = 2 * 1024 * 1024
 PROGRESS_NOTE_MAX = 200
 NBUCKETS = len(TASK_SECONDS_BOUNDS) + 1
@@ -70,6 +73,22 @@ def _buckets(value: Any) -> list[int]:
     return list(value)
 
 
+def _counts(body: dict[str, Any], key: str, whole: bool = True) -> dict[str, Any]:
+    """A small table of counters by limit or model name (rate limits, tokens)."""
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_COUNTER_NAMES:
+        raise _read.reject("size", f"{key} must be an object of at most {MAX_COUNTER_NAMES} names")
+    for name, count in value.items():
+        if not isinstance(name, str) or not COUNTER_NAME_RE.fullmatch(name):
+            raise _read.reject("pattern", f"{key}: {str(name)[:40]!r} is not a limit or model name")
+        kinds = int if whole else (int, float)
+        if isinstance(count, bool) or not isinstance(count, kinds) or not 0 <= count < 1e15:
+            raise _read.reject("type", f"{key}[{name!r}] must be a number >= 0")
+    return dict(value)
+
+
 @dataclass
 class Heartbeat:
     """A worker's state and counters at ``sent_at``."""
@@ -94,6 +113,13 @@ class Heartbeat:
     # Per-bucket counts over foundry.histogram.TASK_SECONDS_BOUNDS (+Inf last).
     task_seconds_buckets: list[int] = field(default_factory=list)
     wait_seconds_buckets: list[int] = field(default_factory=list)
+    # Rate limits (foundry.ratelimit): waits and seconds waited by limit name, and the llm
+    # handler's tokens and provider 429s by model.
+    limit_waits: dict[str, int] = field(default_factory=dict)
+    limit_wait_seconds: dict[str, float] = field(default_factory=dict)
+    llm_prompt_tokens: dict[str, int] = field(default_factory=dict)
+    llm_completion_tokens: dict[str, int] = field(default_factory=dict)
+    llm_throttled: dict[str, int] = field(default_factory=dict)
 
     def to_payload(self) -> bytes:
         return codec.dumps(self)
@@ -129,6 +155,11 @@ class Heartbeat:
             wait_seconds_sum=_read.number(body, "wait_seconds_sum", required=False, default=0),
             task_seconds_buckets=_buckets(body.get("task_seconds_buckets")),
             wait_seconds_buckets=_buckets(body.get("wait_seconds_buckets")),
+            limit_waits=_counts(body, "limit_waits"),
+            limit_wait_seconds=_counts(body, "limit_wait_seconds", whole=False),
+            llm_prompt_tokens=_counts(body, "llm_prompt_tokens"),
+            llm_completion_tokens=_counts(body, "llm_completion_tokens"),
+            llm_throttled=_counts(body, "llm_throttled"),
         )
         if subject is not None:
             beat.check_subject(subject)

@@ -36,6 +36,7 @@ from aiohttp.http_exceptions import LineTooLong
 from foundry import codec, tracing
 from foundry.settings import Settings
 from workers.builtin.http import read_capped, redirect_error, snippet, where
+from workers.builtin.llmlimits import LlmLimits
 from workers.builtin.prompts import role_prompt
 from workers.handlers import BaseHandler, TaskContext, TaskFailed
 
@@ -49,9 +50,10 @@ RETRY_AFTER_MAX = 60.0
 class _Retry(Exception):
     """A transient failure: 429, 5xx, a lost connection or a stalled read."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, status: int = 0) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.status = status
 
 
 def _user_content(description: str, task_input: Any) -> str:
@@ -273,7 +275,9 @@ async def _complete(
             if resp.status == 429 or resp.status >= 500:
                 data, _ = await read_capped(resp, 4096)
                 detail = snippet(data, scrub=settings.llm.api_key)
-                raise _Retry(f"HTTP {resp.status} from {server}: {detail}", _retry_after(resp))
+                raise _Retry(
+                    f"HTTP {resp.status} from {server}: {detail}", _retry_after(resp), resp.status
+                )
             if not 200 <= resp.status < 300:
                 data, _ = await read_capped(resp, 4096)
                 detail = snippet(data, scrub=settings.llm.api_key)
@@ -299,11 +303,16 @@ class LLMHandler(BaseHandler):
 
     def __init__(self) -> None:
         self.session: aiohttp.ClientSession | None = None
+        self.limits: LlmLimits | None = None
 
     async def setup(self, settings: Settings) -> None:
         self.session = aiohttp.ClientSession(timeout=_timeout(settings))
+        self.limits = LlmLimits.open(settings)
 
     async def close(self) -> None:
+        if self.limits is not None:
+            await self.limits.close()
+            self.limits = None
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -317,14 +326,15 @@ class LLMHandler(BaseHandler):
                 "FOUNDRY_LLM_MODEL and, when the server needs one, FOUNDRY_LLM_API_KEY"
             )
         body = build_request(ctx)
+        limits = self.limits or LlmLimits(settings, None)  # no worker: counted, not limited
         if self.session is not None:
-            return await _ask(self.session, ctx, body)
+            return await _ask(self.session, ctx, body, limits)
         async with aiohttp.ClientSession(timeout=_timeout(settings)) as session:
-            return await _ask(session, ctx, body)
+            return await _ask(session, ctx, body, limits)
 
 
 async def _ask(
-    session: aiohttp.ClientSession, ctx: TaskContext, body: dict[str, Any]
+    session: aiohttp.ClientSession, ctx: TaskContext, body: dict[str, Any], limits: LlmLimits
 ) -> dict[str, Any]:
     settings = ctx.settings
     headers = {"Content-Type": "application/json"}
@@ -332,9 +342,15 @@ async def _ask(
         headers["Authorization"] = f"Bearer {settings.llm.api_key}"
     attempts = settings.llm.retries + 1
     for attempt in range(1, attempts + 1):
+        reservation = await limits.before(ctx, body)
         try:
-            return await _traced(session, ctx, body, headers, attempt)
+            out = await _traced(session, ctx, body, headers, attempt)
+            await limits.after(reservation, out.get("usage"))
+            return out
         except _Retry as exc:
+            await limits.refund(reservation)
+            if exc.status == 429:
+                await limits.throttled(reservation.model, exc.retry_after)
             if attempt == attempts:
                 raise TaskFailed(
                     f"llm: {exc}; gave up after {attempts} attempt(s) "
