@@ -16,6 +16,7 @@ from typing import Any
 
 from foundry.errors import ConfigError
 from foundry.handlersettings import ExecSettings, LlmSettings, WebhookSettings
+from foundry.hostid import default_host_id, parse_host_id
 from foundry.names import Names
 
 # The parsers keep the short private names the field table below has always used.
@@ -90,6 +91,9 @@ class Settings:
         repr=False,
     )
     namespace: str = _opt("FOUNDRY_NAMESPACE", _namespace, "")
+    # This host's id (foundry.hostid): on every heartbeat, heal event and worker id.
+    # Empty: the machine's host name made a token (filled in by __post_init__).
+    host_id: str = _opt("FOUNDRY_HOST_ID", parse_host_id, "")
     gateway_host: str = _opt("FOUNDRY_GATEWAY_HOST", str, "127.0.0.1")
     gateway_port: int = _opt("FOUNDRY_GATEWAY_PORT", _port, 8080)
     # API security (gateway): token file (foundry.apitokens), auth switch, Host/Origin lists.
@@ -214,6 +218,8 @@ class Settings:
             raise ConfigError("FOUNDRY_FLEET: fleet and fleet_ranges name different minimums")
         if self.handlers is None:
             object.__setattr__(self, "handlers", {})
+        if not self.host_id:
+            object.__setattr__(self, "host_id", default_host_id())
         if self.nats_role_passwords is None:
             object.__setattr__(self, "nats_role_passwords", {})
         if self.clean_paths is None:
@@ -257,5 +263,5 @@ class Settings:
         """A one-line summary safe to log (no secrets)."""
         return (
             f"nats={redact_url(self.nats_url)} redis={redact_url(self.redis_url)} "
-            f"namespace={self.namespace or '-'} fleet={self.fleet}"
+            f"namespace={self.namespace or '-'} host={self.host_id} fleet={self.fleet}"
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from foundry.contracts import (
     SlotState,
     WorkerState,
 )
+from foundry.hostid import worker_name
 from foundry.provision import provision
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
@@ -55,7 +55,7 @@ class HealerService:
     def __init__(self, settings: Settings, services: list[str], embedded: list[str]) -> None:
         self.settings = settings
         self.names = settings.names
-        self.host_name = socket.gethostname()
+        self.host_name = settings.host_id
         self.emit = Emitter(self.names, self.host_name)
         policy = RestartPolicy(
             max_restarts=settings.max_restarts,
@@ -92,16 +92,22 @@ class HealerService:
             self.watch,
             self.remediator,
             lambda: self.host_sample.to_json() if self.host_sample else None,
+            settings.host_id,
+            self.leading,
         )
         self.autoscaler = Autoscaler(settings.fleet_ranges, ScaleConfig.from_settings(settings))
         self._consumer_errors: set[str] = set()  # types whose consumer info last failed
-        self.control = ControlServer(self.names)
+        self.control = ControlServer(self.names, settings.host_id)
         self.control.route(ControlVerb.STATUS, self.operations.status)
         self.control.route(ControlVerb.HEAL, self.operations.heal)
         self.control.route(ControlVerb.RELEASE, self.operations.release)
         self.control.route(ControlVerb.CANCEL, self.operations.cancel)
         self.http_port: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def leading(self) -> bool:
+        """Whether this healer does the cluster-wide duties now (it holds the leader lease)."""
+        return True
 
     def _worker_slot(self, worker_id: str) -> Any:
         slot = self.supervisor.slots.get(worker_id)
@@ -293,7 +299,7 @@ class HealerService:
             taken = {s.name for s in sup.slots.values()}
             index = 0
             for _ in range(decision.to_count - decision.from_count):
-                while f"{decision.agent_type}-{index}" in taken:
+                while worker_name(decision.agent_type, index, self.settings.host_id) in taken:
                     index += 1
                 slot = worker_slot(self.settings, decision.agent_type, index)
                 taken.add(slot.name)
