@@ -73,7 +73,9 @@ class HealerService:
             max(settings.silence_timeout, 10.0),
             self._worker_slot,
         )
-        self.watch = Watch(self.supervisor, self.liveness, self.emit, settings.silence_timeout)
+        self.watch = Watch(
+            self.supervisor, self.liveness, self.emit, settings.silence_timeout, self.leading
+        )
         self.nc: NATS | None = None
         self.redis: aioredis.Redis | None = None
         self.actuator = HealerActuator(
@@ -137,6 +139,7 @@ class HealerService:
             self.settings.poison_kills,
             self.settings.max_deliver,
             self.emit,
+            self.leading,
         )
         self.watch.deadletters = deadletters
         self.operations.connected(self.nc, store, self.names)
@@ -154,7 +157,11 @@ class HealerService:
                 await sup.launch(slot)
         log.info("healer supervising %d slot(s); %s", len(sup.slots), self.settings.describe())
         unserved = UnservedTypes(
-            self.nc.jetstream(), self.names, deadletters, self.settings.unserved_grace
+            self.nc.jetstream(),
+            self.names,
+            deadletters,
+            self.settings.unserved_grace,
+            self.leading,
         )
         loops = [self.watch.run(), self._remediate(), unserved.run()]
         if self.autoscaler.ranges:
