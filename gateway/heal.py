@@ -18,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from foundry import codec
 from foundry.contracts import ControlReply, MessageRejected
 from foundry.errors import BrokerUnavailable
+from foundry.hostid import host_of
 from gateway.audit import audited
 from gateway.errors import ApiError, bad_request
 from gateway.jsonio import json_response
@@ -197,6 +198,16 @@ async def release(request: web.Request) -> web.Response:
     worker_id = request.match_info["worker_id"]
     if not WORKER_ID_RE.fullmatch(worker_id):
         raise bad_request(f"worker_id must be {WORKER_ID_HINT}", "worker_id")
+    owner = host_of(worker_id)
+    if owner is not None:  # only that host's healer answers: is it there at all?
+        pings = await gather_healers(request, "ping", expect={owner})
+        if pings and owner not in {p.get("host_id") for p in pings}:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no healer of host {owner!r} answers (unknown host, or it is down)",
+                worker_id=worker_id,
+            )
     try:
         out = await control(request, "release", {"worker_id": worker_id})
     except ApiError as exc:
