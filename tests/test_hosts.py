@@ -8,10 +8,12 @@ Two "hosts" here are two clones on one machine: two healers with their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,23 @@ from tests.procs import ProcessGroup
 
 HOSTS = ("host-a", "host-b")
 HANDLER = {"echo": "tests.handlers:record"}
+
+
+@contextlib.asynccontextmanager
+async def cluster_streams(
+    nc: NATS, settings: Settings, procs: ProcessGroup
+) -> AsyncIterator[None]:
+    """Stop the healers, then delete the streams they provisioned for ``settings``'
+    namespace (JetStream reserves each stream's byte limit on the suite's shared server)."""
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(procs.stop_all)
+        js = nc.jetstream()
+        names = settings.names
+        for stream in (names.tasks_stream, names.events_stream, names.dead_stream):
+            with contextlib.suppress(Exception):
+                await js.delete_stream(stream)
 
 
 def host_settings(base: Settings, host: str, tmp_path: Path, **over: Any) -> Settings:
@@ -106,7 +125,7 @@ async def test_two_hosts_side_by_side_stay_calm_and_show_grouped(
     base = make_settings(fleet={"echo": 2}, handlers=HANDLER)
     store = TaskStore(redis, base.names, base.result_ttl)
     clones = [host_settings(base, host, tmp_path) for host in HOSTS]
-    async with watch(nc, base) as events:
+    async with cluster_streams(nc, base, procs), watch(nc, base) as events:
         for clone in clones:
             start_healer(procs, clone)
         before = await all_running(nc, base, HOSTS)
@@ -155,7 +174,7 @@ async def test_a_lost_host_loses_nothing(
     base = make_settings(fleet={"echo": 2}, handlers=HANDLER, ack_wait=30.0, concurrency=4)
     store = TaskStore(redis, base.names, base.result_ttl)
     host_a, host_b = (host_settings(base, host, tmp_path) for host in HOSTS)
-    async with watch(nc, base) as events:
+    async with cluster_streams(nc, base, procs), watch(nc, base) as events:
         start_healer(procs, host_a)
         healer_b = start_healer(procs, host_b)
         await all_running(nc, base, HOSTS)
