@@ -33,9 +33,7 @@ HANDLER = {"echo": "tests.handlers:record"}
 
 
 @contextlib.asynccontextmanager
-async def cluster_streams(
-    nc: NATS, settings: Settings, procs: ProcessGroup
-) -> AsyncIterator[None]:
+async def cluster_streams(nc: NATS, settings: Settings, procs: ProcessGroup) -> AsyncIterator[None]:
     """Stop the healers, then delete the streams they provisioned for ``settings``'
     namespace (JetStream reserves each stream's byte limit on the suite's shared server)."""
     try:
