@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from foundry import codec
+from foundry.connect import connect_nats
 from foundry.contracts import MSG_ID_HEADER
 from foundry.pidfiles import recorded_process
 from foundry.settings import Settings
@@ -33,18 +35,21 @@ HANDLER = {"echo": "tests.handlers:record"}
 
 
 @contextlib.asynccontextmanager
-async def cluster_streams(nc: NATS, settings: Settings, procs: ProcessGroup) -> AsyncIterator[None]:
+async def cluster_streams(settings: Settings, procs: ProcessGroup) -> AsyncIterator[None]:
     """Stop the healers, then delete the streams they provisioned for ``settings``'
-    namespace (JetStream reserves each stream's byte limit on the suite's shared server)."""
+    namespace, as its own admin (JetStream reserves each stream's byte limit on the
+    suite's shared server)."""
     try:
         yield
     finally:
         await asyncio.to_thread(procs.stop_all)
-        js = nc.jetstream()
+        conn = await connect_nats(settings, "test-cleanup")
+        js = conn.jetstream()
         names = settings.names
         for stream in (names.tasks_stream, names.events_stream, names.dead_stream):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(NotFoundError):
                 await js.delete_stream(stream)
+        await conn.close()
 
 
 def host_settings(base: Settings, host: str, tmp_path: Path, **over: Any) -> Settings:
@@ -123,7 +128,7 @@ async def test_two_hosts_side_by_side_stay_calm_and_show_grouped(
     base = make_settings(fleet={"echo": 2}, handlers=HANDLER)
     store = TaskStore(redis, base.names, base.result_ttl)
     clones = [host_settings(base, host, tmp_path) for host in HOSTS]
-    async with cluster_streams(nc, base, procs), watch(nc, base) as events:
+    async with cluster_streams(base, procs), watch(nc, base) as events:
         for clone in clones:
             start_healer(procs, clone)
         before = await all_running(nc, base, HOSTS)
@@ -172,7 +177,7 @@ async def test_a_lost_host_loses_nothing(
     base = make_settings(fleet={"echo": 2}, handlers=HANDLER, ack_wait=30.0, concurrency=4)
     store = TaskStore(redis, base.names, base.result_ttl)
     host_a, host_b = (host_settings(base, host, tmp_path) for host in HOSTS)
-    async with cluster_streams(nc, base, procs), watch(nc, base) as events:
+    async with cluster_streams(base, procs), watch(nc, base) as events:
         start_healer(procs, host_a)
         healer_b = start_healer(procs, host_b)
         await all_running(nc, base, HOSTS)
