@@ -10,6 +10,7 @@ COPY workers workers
 COPY gateway gateway
 COPY healer healer
 COPY monitor monitor
+COPY orchestrator orchestrator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -201,21 +201,46 @@ async def publish(js: JetStreamContext, subject: str, task_id: str, data: bytes)
 
 
 async def publish_all(
-    js: JetStreamContext, subject: str, tasks: list[tuple[str, bytes]], timeout: float = 60.0
+    js: JetStreamContext,
+    subject: str,
+    tasks: list[tuple[str, bytes]],
+    timeout: float = 60.0,
+    rounds: int = 5,
 ) -> int:
-    """Publish every task (acks awaited at the end, bounded); returns how many failed."""
-    futures = [await publish(js, subject, task_id, data) for task_id, data in tasks]
-    return await settle(futures, timeout)
+    """Publish every task (acks awaited at the end, bounded); returns how many failed.
+
+    Publishes that failed or got no ack (a clustered stream electing a leader) are
+    published again with the same ``Nats-Msg-Id``, at most ``rounds`` times in all: the
+    stream stores each task once.
+    """
+    todo = tasks
+    for round_no in range(rounds):
+        futures = [await publish(js, subject, task_id, data) for task_id, data in todo]
+        failed = await unsettled(futures, timeout)
+        todo = [todo[i] for i in failed]
+        if not todo:
+            return 0
+        await asyncio.sleep(min(0.5 * (round_no + 1), 2.0))
+    return len(todo)
+
+
+async def unsettled(futures: list[Any], timeout: float) -> list[int]:
+    """Wait (bounded) for publish acks; the indexes of those that failed or never resolved."""
+    if not futures:
+        return []
+    _, pending = await asyncio.wait(futures, timeout=timeout)
+    for fut in pending:
+        fut.cancel()
+    return [
+        i
+        for i, f in enumerate(futures)
+        if f in pending or f.cancelled() or f.exception() is not None
+    ]
 
 
 async def settle(futures: list[Any], timeout: float) -> int:
     """Wait (bounded) for publish acks; returns the number that failed or never resolved."""
-    if not futures:
-        return 0
-    done, pending = await asyncio.wait(futures, timeout=timeout)
-    for fut in pending:
-        fut.cancel()
-    return len(pending) + sum(1 for f in done if f.exception() is not None)
+    return len(await unsettled(futures, timeout))
 
 
 async def missing(redis: aioredis.Redis, target: Target, ids: list[str]) -> list[str]:

@@ -33,7 +33,10 @@ HANDLER_SECRETS: dict[str, tuple[str, ...]] = {
     "webhook": ("FOUNDRY_DEPLOY_WEBHOOK_URL", "FOUNDRY_WEBHOOK_SECRET"),
 }
 # Settings only the foundry CLI uses: no child gets them unless granted.
-CLIENT_ONLY = ("FOUNDRY_API_TOKEN",)
+# No child gets these: the CLI's API token, and the NATS route password (a route is
+# trusted by the other servers beyond any user's permissions; nats-server reads it
+# from its config file).
+CLIENT_ONLY = ("FOUNDRY_API_TOKEN", "FOUNDRY_NATS_CLUSTER_PASSWORD")
 SCOPED = frozenset(var for names in HANDLER_SECRETS.values() for var in names) | frozenset(
     CLIENT_ONLY
 )

@@ -1,5 +1,5 @@
 """The ``foundry`` command: ``up`` (embedded all-in-one), ``status``, ``submit``, ``heal``,
-``cancel``, ``dead`` (list dead letters) and ``replay``.
+``cancel``, ``dead`` (list dead letters), ``replay`` and ``run`` (a workflow).
 
 ``foundry up`` uses nats-server / redis-server already answering at
 FOUNDRY_NATS_URL / FOUNDRY_REDIS_URL, else starts embedded ones (data under
@@ -22,14 +22,17 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from foundry import embedded as embedded_mod
+from foundry.clihttp import gateway_call as _http
+from foundry.cliops import cmd_cancel, cmd_dead, cmd_replay, cmd_run, follow
 from foundry.embedded import prepare as prepare_embedded
 from foundry.errors import ConfigError
 from foundry.secrets import read_env_file
 from foundry.servers import port_open
 from foundry.settings import Settings, split_urls
+from foundry.urls import is_sentinel_url
 
 STOP_GRACE = 60.0
 
@@ -40,43 +43,23 @@ def client_environ(environ: Mapping[str, str], path: Path) -> dict[str, str]:
     return {**base, **environ}
 
 
-def _headers(settings: Settings) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    if settings.api_token:
-        headers["Authorization"] = f"Bearer {settings.api_token}"
-    return headers
-
-
-def _http(
-    settings: Settings,
-    method: str,
-    path: str,
-    body: dict[str, Any] | None = None,
-    timeout: float = 10,
-) -> Any:
-    """``method`` on the gateway's ``path``, with the API token when there is one."""
-    url = f"{settings.gateway_base_url}{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=_headers(settings))
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail).get("message", detail)
-        except (ValueError, AttributeError):
-            pass
-        raise SystemExit(f"foundry: {exc.code} from the gateway: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise SystemExit(
-            f"foundry: cannot reach the gateway at {url} ({exc}); is the cluster up (make up)?"
-        ) from None
-
-
 def _answers(url: str, default_port: int) -> bool:
-    parts = urlsplit(split_urls(url)[0])
-    return port_open(parts.hostname or "127.0.0.1", parts.port or default_port, timeout=0.5)
+    """Whether any of the listed servers answers (Sentinels name servers never embedded)."""
+    if is_sentinel_url(url):
+        return True
+    for one in split_urls(url):
+        parts = urlsplit(one)
+        if port_open(parts.hostname or "127.0.0.1", parts.port or default_port, timeout=0.5):
+            return True
+    return False
+
+
+def page_url(settings: Settings, url: str) -> str:
+    """The status page's address, with client.env's API token in the fragment: a browser
+    never sends a fragment to the server, and the page moves it to session storage."""
+    path = embedded_mod.client_env_path(settings)
+    token = read_env_file(path).get("FOUNDRY_API_TOKEN", "") if path.is_file() else ""
+    return f"{url}/#token={token}" if token else f"{url}/"
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -93,7 +76,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     if args.env_file:
         print(f"foundry: joining the cluster of {args.env_file} as host {settings.host_id}")
-    services = ["gateway"] + (["monitor"] if importlib.util.find_spec("monitor") else [])
+    services = ["gateway"] + [
+        name for name in ("monitor", "orchestrator") if importlib.util.find_spec(name)
+    ]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "healer", "--services", ",".join(services)]
     if embedded:
@@ -136,6 +121,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                         print(
                             f"foundry: cluster up; gateway at {url} (Ctrl-C stops it)", flush=True
                         )
+                        print(f"foundry: status page: {page_url(settings, url)}", flush=True)
                         announced = True
             except OSError:
                 if time.monotonic() > deadline:
@@ -214,6 +200,8 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     if args.task_id:
         body["task_id"] = args.task_id
     out = _http(settings, "POST", "/api/cluster/task/submit", body)
+    if args.follow:
+        return follow(settings, out["task_id"], args.timeout)
     if not args.wait:
         print(json.dumps(out))
         return 0
@@ -230,59 +218,6 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_heal(settings: Settings, args: argparse.Namespace) -> int:
     out = _http(settings, "POST", "/api/cluster/heal")
     print(out["message"])
-    return 0
-
-
-def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
-    task_id = quote(args.task_id, safe="")
-    out = _http(settings, "POST", f"/api/cluster/task/{task_id}/cancel")
-    print(f"{out['task_id']}: {out['status']}{' (already)' if out.get('already') else ''}")
-    return 0
-
-
-def _filters(args: argparse.Namespace) -> dict[str, str]:
-    pairs = {"agent_type": args.type, "reason": args.reason}
-    return {k: v for k, v in pairs.items() if v}
-
-
-def cmd_dead(settings: Settings, args: argparse.Namespace) -> int:
-    query = urlencode({**_filters(args), "limit": args.limit})
-    out = _http(settings, "GET", f"/api/cluster/dead?{query}")
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    cols = ("task_id", "agent_type", "action", "dead_at", "replayed_as", "reason")
-    rows = [
-        [str(d[c]) if c != "dead_at" else time.strftime("%Y-%m-%d %H:%M:%S",
-                                                         time.localtime(d[c]))
-         for c in cols]
-        for d in out["dead_letters"]
-    ]  # fmt: skip
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-    more = " (scan truncated)" if out["truncated"] else ""
-    print(f"{out['count']} shown of {out['total']} matching{more}")
-    return 0
-
-
-def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    if args.task_id and (args.all or args.type or args.reason or args.dry_run):
-        raise SystemExit("foundry: replay takes a task id, or --all with filters; not both")
-    if args.task_id:
-        one = _http(settings, "POST", f"/api/cluster/dead/{quote(args.task_id, safe='')}/replay")
-        print(f"{one['task_id']} replayed as {one['new_task_id']}")
-        return 0
-    if not args.all:
-        raise SystemExit("foundry: replay needs a task id, or --all (with --type/--reason)")
-    query = urlencode({**_filters(args), **({"dry_run": 1} if args.dry_run else {})})
-    out = _http(settings, "POST", f"/api/cluster/dead/replay?{query}", timeout=60)
-    for letter in out["letters"]:
-        print(f"{letter['task_id']} -> {letter.get('new_task_id', '(dry run)')}")
-    verb = "would replay" if out["dry_run"] else "replayed"
-    tail = "; more match: run it again" if out["more"] else ""
-    print(f"{verb} {out['count']}; {out['already_replayed']} replayed before{tail}")
     return 0
 
 
@@ -308,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--input", help="JSON value for the task's input")
     sm.add_argument("--task-id")
     sm.add_argument("--wait", action="store_true", help="wait for the result")
+    sm.add_argument(
+        "--follow",
+        action="store_true",
+        help="print the task's output as it streams, then the result",
+    )
     sm.add_argument("--timeout", type=float, default=60.0)
     sm.set_defaults(func=cmd_submit)
     heal = sub.add_parser("heal", help="relaunch anything dead or silent now")
@@ -327,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--json", action="store_true")
     dead.set_defaults(func=cmd_dead)
     replay.set_defaults(func=cmd_replay)
+    run = sub.add_parser("run", help="start a workflow through the gateway (e.g. build)")
+    run.add_argument("workflow")
+    run.add_argument("description", help="input.description")
+    run.add_argument("--input", help="more input, a JSON object")
+    run.add_argument("--id", help="the workflow id (a retried run with it starts one)")
+    run.add_argument("--follow", action="store_true", help="print each step until it ends")
+    run.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow")
+    run.set_defaults(func=cmd_run)
     return parser
 
 

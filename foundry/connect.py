@@ -13,11 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -25,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from foundry.errors import BrokerUnavailable, CacheUnavailable, ConfigError
 from foundry.roles import role_settings
 from foundry.settings import Settings, redact_url, split_urls
+from foundry.urls import is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,6 +107,26 @@ def nats_auth_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def nats_servers(urls: str) -> dict[str, Any]:
+    """nats-py's ``servers`` and, when every listed URL carries the same credentials, those
+    credentials as ``user``/``password`` (or ``token``) options.
+
+    A cluster's servers advertise the others' addresses without credentials, and
+    nats-py reconnects to those too: credentials given as options go to every server,
+    discovered or listed, where URL userinfo would go only to the URL that holds it.
+    """
+    servers = split_urls(urls)
+    infos = {urlsplit(u).netloc.rpartition("@")[0] for u in servers}
+    if len(infos) != 1 or not next(iter(infos)):
+        return {"servers": servers}
+    parts = [urlsplit(u) for u in servers]
+    user, password = parts[0].username, parts[0].password
+    bare = [urlunsplit(p._replace(netloc=p.netloc.rpartition("@")[2])) for p in parts]
+    if password is None:
+        return {"servers": bare, "token": unquote(user or "")}
+    return {"servers": bare, "user": unquote(user or ""), "password": unquote(password)}
+
+
 def _auth_hint(exc: BaseException) -> str:
     text = str(exc).lower()
     if "authorization" in text or "authentication" in text:
@@ -124,7 +147,7 @@ async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
     if name in settings.nats_role_passwords:
         settings = role_settings(settings, name)
     options: dict[str, Any] = {
-        "servers": split_urls(settings.nats_url),
+        **nats_servers(settings.nats_url),
         "name": name,
         "inbox_prefix": settings.nats_inbox_prefix,
         "max_reconnect_attempts": -1,
@@ -156,8 +179,9 @@ async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
 
 
 def redis_tls_options(settings: Settings) -> dict[str, Any]:
-    """redis-py options for a ``rediss://`` URL: the CA and the client certificate."""
-    if not settings.redis_url.startswith("rediss://"):
+    """redis-py options for a ``rediss://`` (or ``rediss+sentinel://``) URL: the CA and
+    the client certificate."""
+    if not settings.redis_url.startswith(("rediss://", "rediss+sentinel://")):
         return {}
     options: dict[str, Any] = {"ssl_cert_reqs": "required"}
     if settings.redis_tls_ca:
@@ -168,17 +192,55 @@ def redis_tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class SentinelMaster(aioredis.Redis):
+    """The master's client from :meth:`Sentinel.master_for`; closing it closes the
+    connections to the Sentinels too."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            for client in self.sentinels.sentinels:
+                await client.aclose()
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
-    """A Redis client that fails fast when the server is down (no long hangs)."""
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=1.0,
-        socket_timeout=3.0,
-        health_check_interval=5,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    """A Redis client that fails fast when the server is down (no long hangs).
+
+    A ``redis+sentinel://`` URL gives a client of the master the Sentinels name
+    (``Sentinel(...).master_for``): after a failover its next connection goes to the
+    promoted replica.
+    """
+    common: dict[str, Any] = {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 3.0,
+        "health_check_interval": 5,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         **redis_tls_options(settings),
+    }
+    if not is_sentinel_url(settings.redis_url):
+        return aioredis.Redis.from_url(settings.redis_url, **common)
+    target = parse_sentinel_url(settings.redis_url)
+    tls = {"ssl": True, **redis_tls_options(settings)} if target.tls else {}
+    sentinel_options: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 1.0}
+    sentinel_options.update(tls)
+    if settings.redis_sentinel_password:
+        sentinel_options["password"] = settings.redis_sentinel_password
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels), sentinel_kwargs=sentinel_options
     )
+    master: SentinelMaster = sentinel.master_for(
+        target.master,
+        redis_class=SentinelMaster,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **{**common, **tls},
+    )
+    master.sentinels = sentinel
+    return master
 
 
 async def connect_redis(settings: Settings) -> aioredis.Redis:

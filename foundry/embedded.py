@@ -16,9 +16,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from foundry.apitokens import create_token, load_tokens
+from foundry.errors import ConfigError
 from foundry.natsauth import (
     CLIENT,
     HEALER,
+    ClusterConfig,
+    TlsFiles,
     all_roles,
     inbox_prefix,
     server_config,
@@ -37,6 +40,7 @@ from foundry.secrets import (
     write_private,
 )
 from foundry.settings import Settings, local_gateway_url, split_urls
+from foundry.urls import is_sentinel_url
 
 REDIS_USER = "foundry"
 NATS_CONF, REDIS_CONF = "nats.conf", "redis.conf"
@@ -104,15 +108,53 @@ def redis_config(
     return "\n".join(lines) + "\n"
 
 
+def server_tls(settings: Settings) -> TlsFiles | None:
+    """The embedded nats-server's own certificate (FOUNDRY_NATS_SERVER_CERT / _KEY), with
+    FOUNDRY_NATS_TLS_CA to verify its peers."""
+    if not settings.nats_server_cert:
+        return None
+    if not settings.nats_server_key:
+        raise ConfigError("FOUNDRY_NATS_SERVER_KEY: needed with FOUNDRY_NATS_SERVER_CERT")
+    return TlsFiles(settings.nats_server_cert, settings.nats_server_key, settings.nats_tls_ca)
+
+
+def nats_cluster(settings: Settings) -> ClusterConfig | None:
+    """The embedded nats-server's ``cluster {}`` block, when FOUNDRY_NATS_CLUSTER_LISTEN is set.
+
+    Routes use mutual TLS when the server has a certificate (the CA is then required)
+    and authenticate with FOUNDRY_NATS_CLUSTER_PASSWORD when it is set.
+    """
+    if not settings.nats_cluster_listen:
+        return None
+    tls = server_tls(settings)
+    if tls is not None and not tls.ca:
+        raise ConfigError("FOUNDRY_NATS_TLS_CA: route TLS verifies the other servers with it")
+    listen = settings.nats_cluster_listen
+    name = settings.nats_server_name or "n-" + "".join(
+        c if c.isalnum() else "-" for c in listen.strip("[]")
+    )
+    return ClusterConfig(
+        name=settings.nats_cluster_name,
+        listen=listen,
+        routes=settings.nats_cluster_routes,
+        server_name=name,
+        password=settings.nats_cluster_password,
+        tls=tls,
+    )
+
+
 def write_nats_config(settings: Settings, passwords: Mapping[str, str]) -> Path:
     store = nats_store_dir(settings)
     store.mkdir(parents=True, exist_ok=True)
+    wants_tls = split_urls(settings.nats_url)[0].startswith("tls://")
     text = server_config(
         users(settings.names, passwords, settings.agent_types),
         port=url_port(settings.nats_url, 4222),
         store_dir=store,
         http_port=settings.nats_monitor_port,
         max_payload=max_payload(settings),
+        tls=server_tls(settings) if wants_tls else None,
+        cluster=nats_cluster(settings),
     )
     return write_private(nats_config_path(settings), text)
 
@@ -137,6 +179,11 @@ def prepare(settings: Settings, embedded: Sequence[str]) -> Settings:
     if "nats" in embedded:
         roles = all_roles(settings.agent_types)
         passwords = store.passwords("nats", roles)
+        if settings.nats_cluster_listen and not settings.nats_cluster_password:
+            # kept like the users' passwords; cluster.env hands it to the other nodes
+            route = store.passwords("nats-route", ["route"])["route"]
+            changes["nats_cluster_password"] = route
+            settings = dataclasses.replace(settings, nats_cluster_password=route)
         write_nats_config(settings, passwords)
         names = settings.names
         changes["nats_url"] = with_userinfo(
@@ -150,6 +197,11 @@ def prepare(settings: Settings, embedded: Sequence[str]) -> Settings:
             changes["nats_monitor_url"] = f"http://127.0.0.1:{settings.nats_monitor_port}"
         client_url = with_userinfo(settings.nats_url, user_name(names, CLIENT), passwords[CLIENT])
     if "redis" in embedded:
+        if is_sentinel_url(settings.redis_url):
+            raise ConfigError(
+                "FOUNDRY_REDIS_URL: a redis+sentinel:// URL names servers of your own; "
+                "none is embedded (start the Sentinels and Redis first)"
+            )
         password = store.passwords("redis", [REDIS_USER])[REDIS_USER]
         write_redis_config(settings, password)
         changes["redis_url"] = with_userinfo(settings.redis_url, REDIS_USER, password)
@@ -203,7 +255,9 @@ this file by itself). Keep it private: it holds the client user's password."""
 CLUSTER_ENV_HEADER = """\
 What another host needs to join this cluster (python -m healer with its fleet):
 copy it there privately, set FOUNDRY_NATS_URL / FOUNDRY_REDIS_URL to addresses that
-host can reach (the embedded servers listen on loopback), then source it."""
+host can reach (the embedded servers listen on loopback), then source it.
+TLS and cluster settings are paths and addresses: put that host's own certificate
+files at those paths and set its FOUNDRY_NATS_CLUSTER_LISTEN / _SERVER_NAME."""
 
 
 def gateway_url(settings: Settings) -> str:
@@ -244,6 +298,19 @@ def cluster_env(settings: Settings) -> dict[str, str]:
         "FOUNDRY_REDIS_TLS_CA",
         "FOUNDRY_REDIS_TLS_CERT",
         "FOUNDRY_REDIS_TLS_KEY",
+        "FOUNDRY_REDIS_SENTINEL_PASSWORD",
+        "FOUNDRY_REDIS_MIN_REPLICAS",
         "FOUNDRY_NAMESPACE",
+        "FOUNDRY_STREAM_REPLICAS",
+        # the NATS cluster: the routes every node shares, their password, server TLS
+        "FOUNDRY_NATS_CLUSTER_NAME",
+        "FOUNDRY_NATS_CLUSTER_ROUTES",
+        "FOUNDRY_NATS_CLUSTER_PASSWORD",
+        "FOUNDRY_NATS_SERVER_CERT",
+        "FOUNDRY_NATS_SERVER_KEY",
     ]
+    if not settings.nats_cluster_routes:  # no cluster: its name and defaults say nothing
+        keys = [k for k in keys if not k.startswith("FOUNDRY_NATS_CLUSTER_")]
+    defaults = {"FOUNDRY_REDIS_MIN_REPLICAS": "0", "FOUNDRY_STREAM_REPLICAS": "0"}
+    keys = [k for k in keys if env.get(k) != defaults.get(k)]
     return {key: env[key] for key in keys if env.get(key)}

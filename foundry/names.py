@@ -55,6 +55,23 @@ class Names:
     def dead_stream(self) -> str:
         return self._stream("AGENT_DEAD")
 
+    # JetStream KV buckets (each is the stream KV_<bucket>)
+    @property
+    def workflow_bucket(self) -> str:
+        return self._stream("WORKFLOWS")
+
+    @property
+    def lease_bucket(self) -> str:
+        return self._stream("LEASES")
+
+    @staticmethod
+    def kv_stream(bucket: str) -> str:
+        return f"KV_{bucket}"
+
+    @staticmethod
+    def kv_subject(bucket: str, key: str = ">") -> str:
+        return f"$KV.{bucket}.{key}"
+
     # subjects
     def tasks(self, agent_type: str = "*") -> str:
         return f"{self.root}.tasks.{agent_type}"
@@ -80,9 +97,20 @@ class Names:
     def dead(self, agent_type: str = "*") -> str:
         return f"{self.root}.dead.{agent_type}"
 
+    def output(self, agent_type: str = "*", task_id: str = ">") -> str:
+        """Where a worker streams a task's output (core NATS; ids may hold dots)."""
+        return f"{self.root}.output.{agent_type}.{task_id}"
+
     def cancel_notice(self) -> str:
         """Where the healer tells every worker to stop a task it has marked cancelled."""
         return f"{self.root}.control.cancel.notice"
+
+    def workflows(self, verb: str = "*") -> str:
+        """Requests to the orchestrator (``start``, ``get``, ``cancel``, ``approve``)."""
+        return f"{self.root}.workflows.{verb}"
+
+    def workflow_event(self, kind: str = ">") -> str:
+        return f"{self.root}.events.workflow.{kind}"
 
     def worker_control(self, agent_type: str) -> str:
         """Subject that workers of one type listen on (e.g. concurrency changes)."""
@@ -118,3 +146,6 @@ class Names:
     def replay_counter_key(self, stem: str) -> str:
         """The last replay number used for ids ``<stem>.replay-<n>``."""
         return f"{self.key_prefix}:replays:{stem}"
+
+    def output_key(self, task_id: str) -> str:
+        return f"{self.key_prefix}:output:{task_id}"

@@ -1,6 +1,6 @@
 """NATS users and subject allow-lists, one per role, and the nats-server config that holds them.
 
-Roles: ``healer``, ``gateway``, ``monitor``, ``client`` (people and the ``nats``
+Roles: ``healer``, ``gateway``, ``monitor``, ``orchestrator``, ``client`` (people and the ``nats``
 CLI), ``admin``, and one ``worker-<type>`` per agent type, so a worker can
 publish, fetch and ack only for its own type. Every list is generated for one
 namespace (subjects ``<ns>.agents.…``, streams ``<NS>_AGENT_…``); user names
@@ -20,9 +20,10 @@ from foundry.contracts import TaskStatus
 from foundry.names import Names
 
 HEALER, GATEWAY, MONITOR, CLIENT, ADMIN = "healer", "gateway", "monitor", "client", "admin"
+ORCHESTRATOR = "orchestrator"
 WORKER_PREFIX = "worker-"
 # Services the healer launches (plus the healer itself); people use client or admin.
-SERVICE_ROLES = (HEALER, GATEWAY, MONITOR)
+SERVICE_ROLES = (HEALER, GATEWAY, MONITOR, ORCHESTRATOR)
 PERSON_ROLES = (CLIENT, ADMIN)
 CLIENT_INBOX = "_INBOX"  # the nats CLI's default reply prefix
 # DEAD: re-announced on a duplicate delivery of a dead-lettered task
@@ -89,6 +90,22 @@ def _streams(names: Names) -> list[str]:
     return [names.tasks_stream, names.events_stream, names.dead_stream]
 
 
+def _buckets(names: Names) -> list[str]:
+    """The streams behind the KV buckets (workflow state, leases)."""
+    return [names.kv_stream(names.workflow_bucket), names.kv_stream(names.lease_bucket)]
+
+
+def _kv_access(names: Names, bucket: str) -> list[str]:
+    """Read and write one KV bucket's keys (revision-checked puts, direct gets)."""
+    stream = names.kv_stream(bucket)
+    return [
+        names.kv_subject(bucket),
+        f"{API}.DIRECT.GET.{stream}",
+        f"{API}.DIRECT.GET.{stream}.>",
+        f"{API}.STREAM.MSG.GET.{stream}",
+    ]
+
+
 def _consumer_create(stream: str, consumer: str) -> list[str]:
     # nats-py names the consumer (and its filter) in the subject; older clients use DURABLE.
     return [
@@ -121,6 +138,7 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
             publish=[
                 names.heartbeat(agent_type, "*"),
                 *(names.task_event(status, agent_type) for status in WORKER_STATUSES),
+                names.output(agent_type, ">"),  # streamed task output: its own type's only
                 f"{API}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
                 f"{API}.CONSUMER.INFO.{tasks}.{consumer}",
                 f"$JS.ACK.{tasks}.{consumer}.>",
@@ -161,6 +179,7 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 names.task_event(TaskStatus.QUEUED, "*"),
                 names.heal_event("audit"),  # operator actions, naming the API token
                 *(names.control(v) for v in ("ping", "status", "heal", "release", "cancel")),
+                names.workflows("*"),  # start, get, cancel, approve: the orchestrator answers
                 *_stream_api(names, "INFO"),
                 f"{API}.CONSUMER.INFO.{tasks}.*",
                 # heal history: a short-lived ordered read of the heal events
@@ -173,7 +192,27 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 # dead letters: listed and replayed through the same kind of short-lived read
                 *_short_read(names.dead_stream),
             ],
-            subscribe=[inbox, _all(names, "heartbeat"), _all(names, "events")],
+            subscribe=[
+                inbox,
+                _all(names, "heartbeat"),
+                _all(names, "events"),
+                _all(names, "output"),  # relayed to task stream clients
+            ],
+        )
+    if role == ORCHESTRATOR:
+        return Permissions(
+            publish=[
+                names.tasks("*"),  # each step is a task
+                names.task_event(TaskStatus.QUEUED, "*"),
+                names.workflow_event(">"),
+                names.control("cancel"),  # cancelling a workflow cancels its running steps
+                *_kv_access(names, names.workflow_bucket),
+                *_kv_access(names, names.lease_bucket),
+                # it creates its buckets at start (only clusters with workflows hold them)
+                *_stream_api(names, "INFO", "CREATE", "UPDATE", streams=_buckets(names)),
+            ],
+            subscribe=[inbox, names.workflows("*"), names.events("task", ">")],
+            allow_responses=True,
         )
     if role == MONITOR:
         return Permissions(
@@ -234,6 +273,56 @@ class TlsFiles:
     ca: str = ""  # when set, clients must present a certificate it signed
 
 
+ROUTE_USER = "route"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A ``cluster {}`` block: this server's route listener and the routes to the others.
+
+    ``routes`` are ``nats-route://host:port`` URLs (this server's own may be among them:
+    nats-server skips it), so every node can share one list. With ``password`` the
+    routes authenticate as user ``route``; with ``tls`` they speak mutual TLS (each
+    side verifies the other against ``tls.ca``).
+    """
+
+    name: str
+    listen: str
+    routes: tuple[str, ...]
+    server_name: str
+    password: str = field(default="", repr=False)
+    tls: TlsFiles | None = None
+
+
+def _route_url(url: str, password: str) -> str:
+    scheme, _, rest = url.partition("://")
+    hostport = rest.rpartition("@")[2].rstrip("/")
+    userinfo = f"{ROUTE_USER}:{password}@" if password else ""
+    return f"{scheme}://{userinfo}{hostport}"
+
+
+def cluster_block(cluster: ClusterConfig) -> dict[str, object]:
+    block: dict[str, object] = {
+        "name": cluster.name,
+        "listen": cluster.listen,
+        "routes": [_route_url(url, cluster.password) for url in cluster.routes],
+    }
+    if cluster.password:
+        block["authorization"] = {"user": ROUTE_USER, "password": cluster.password}
+    if cluster.tls is not None:
+        block["tls"] = _tls_block(cluster.tls, verify=True)
+    return block
+
+
+def _tls_block(tls: TlsFiles, verify: bool = False) -> dict[str, object]:
+    block: dict[str, object] = {"cert_file": tls.cert, "key_file": tls.key}
+    if tls.ca:
+        block.update({"ca_file": tls.ca, "verify": True})
+    elif verify:
+        raise ValueError("route TLS needs a CA to verify the other servers (tls.ca)")
+    return block
+
+
 def server_config(
     all_users: Iterable[User],
     *,
@@ -243,9 +332,11 @@ def server_config(
     max_payload: int = 0,
     tls: TlsFiles | None = None,
     host: str = "127.0.0.1",
+    cluster: ClusterConfig | None = None,
 ) -> str:
     """nats-server's config: a listener on ``host`` (loopback unless told), JetStream store,
     users; nobody anonymous. The HTTP monitoring port, when given, listens on ``host`` too.
+    With ``cluster`` it is one node of a cluster (routes, server name, route TLS).
 
     Written as JSON, which nats-server's config syntax accepts, so every value is
     quoted exactly once and no password can be read as a variable or an include.
@@ -265,8 +356,8 @@ def server_config(
     if max_payload:
         config["max_payload"] = max_payload
     if tls is not None:
-        block: dict[str, object] = {"cert_file": tls.cert, "key_file": tls.key}
-        if tls.ca:
-            block.update({"ca_file": tls.ca, "verify": True})
-        config["tls"] = block
+        config["tls"] = _tls_block(tls)
+    if cluster is not None:
+        config["server_name"] = cluster.server_name  # JetStream clustering needs a stable one
+        config["cluster"] = cluster_block(cluster)
     return json.dumps(config, indent=2) + "\n"

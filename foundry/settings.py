@@ -9,6 +9,7 @@ value parsers live in :mod:`foundry.settingsparse`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,12 @@ from foundry.settingsparse import (
     section,
     write_fields,
 )
+from foundry.settingsparse import choice as _choice
 from foundry.settingsparse import default_on as _default_on
 from foundry.settingsparse import existing_file as _file
 from foundry.settingsparse import flag as _bool
 from foundry.settingsparse import grants as _grants
+from foundry.settingsparse import lease_ttl as _lease_ttl
 from foundry.settingsparse import lower_words as _lower_words
 from foundry.settingsparse import max_wait as _max_wait
 from foundry.settingsparse import namespace_name as _namespace
@@ -49,7 +52,7 @@ from foundry.settingsparse import positive as _positive
 from foundry.settingsparse import size as _size
 from foundry.settingsparse import subject_prefix as _subject_prefix
 from foundry.settingsparse import url as _url
-from foundry.urls import redact_url, split_urls
+from foundry.urls import host_port, is_sentinel_url, parse_sentinel_url, redact_url, split_urls
 
 # Callers import these from here.
 __all__ = [
@@ -76,6 +79,48 @@ def local_gateway_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def _replicas(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 5:
+        raise ValueError("must be 0 (3 on a cluster of 3 or more servers, else 1) to 5")
+    return value
+
+
+def _listen(text: str) -> str:
+    """``host:port`` (port 6222 when left out), or empty."""
+    if not text:
+        return ""
+    host, port = host_port(text, 6222)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _server_name(text: str) -> str:
+    if text and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text):
+        raise ValueError("letters, digits, '_' and '-' only (at most 64)")
+    return text
+
+
+_plain_redis_url = _url(("redis", "rediss", "unix"))
+
+
+def _redis_url(text: str) -> str:
+    """A Redis URL, or a ``redis+sentinel://`` one naming Sentinels and a master."""
+    if is_sentinel_url(text):
+        parse_sentinel_url(text)
+        return text
+    return _plain_redis_url(text)
+
+
+def _route_urls(text: str) -> tuple[str, ...]:
+    """Cluster routes: ``host:port`` or ``nats-route://host:port``, comma-separated."""
+    out = []
+    for item in split_urls(text):
+        url = item if "://" in item else f"nats-route://{item}"
+        _url(("nats-route", "nats", "tls"))(url)
+        out.append(url)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the cluster. Field metadata names the environment variable."""
@@ -84,12 +129,8 @@ class Settings:
     nats_url: str = _opt(
         "FOUNDRY_NATS_URL", _url(("nats", "tls"), many=True), "nats://127.0.0.1:4222", repr=False
     )
-    redis_url: str = _opt(
-        "FOUNDRY_REDIS_URL",
-        _url(("redis", "rediss", "unix")),
-        "redis://127.0.0.1:6379/0",
-        repr=False,
-    )
+    # redis://, rediss://, unix://, or redis+sentinel://h1:26379,h2:26379/<master>/<db>
+    redis_url: str = _opt("FOUNDRY_REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0", repr=False)
     namespace: str = _opt("FOUNDRY_NAMESPACE", _namespace, "")
     # This host's id (foundry.hostid): on every heartbeat, heal event and worker id.
     # Empty: the machine's host name made a token (filled in by __post_init__).
@@ -202,6 +243,41 @@ class Settings:
     scale_cooldown: float = _opt(
         "FOUNDRY_SCALE_COOLDOWN", _positive(float, 0.0, strict=False), 30.0
     )
+    # Live views: a task's streamed output kept per attempt; SSE keep-alives and buffers.
+    output_max_bytes: int = _opt("FOUNDRY_OUTPUT_MAX_BYTES", _size, 1024 * 1024)
+    sse_keepalive: float = _opt("FOUNDRY_SSE_KEEPALIVE", _positive(float), 15.0)
+    sse_buffer: int = _opt("FOUNDRY_SSE_BUFFER", _positive(int, 1, strict=False), 1000)
+    # Traces (OpenTelemetry, foundry.tracing): off unless FOUNDRY_TRACING=1.
+    tracing: bool = _opt("FOUNDRY_TRACING", _bool, False)
+    otel_exporter: str = _opt("FOUNDRY_OTEL_EXPORTER", _choice("otlp", "file", "console"), "otlp")
+    otel_endpoint: str = _opt(
+        "FOUNDRY_OTEL_ENDPOINT", _optional_url(("http", "https")), "", repr=False
+    )
+    otel_file: str = _opt("FOUNDRY_OTEL_FILE", str, "")
+    # Workflows (orchestrator): extra definitions, the state bucket's byte limit, and the
+    # leader lease's lifetime in whole seconds (a dead leader is replaced within it).
+    workflows_dir: str = _opt("FOUNDRY_WORKFLOWS_DIR", str, "")
+    workflows_max_bytes: int = _opt("FOUNDRY_WORKFLOWS_MAX_BYTES", _positive(_size), 64 * 1024**2)
+    lease_ttl: int = _opt("FOUNDRY_LEASE_TTL", _lease_ttl, 3)
+
+    # Clustering (README "Run on several machines"). Replicas of every stream: 0 = 3 when
+    # the server reports a cluster of at least 3 nodes, else 1.
+    stream_replicas: int = _opt("FOUNDRY_STREAM_REPLICAS", _replicas, 0)
+    # The Sentinels' own password (requirepass); the master's credentials are the URL's.
+    redis_sentinel_password: str = _opt("FOUNDRY_REDIS_SENTINEL_PASSWORD", str, "", repr=False)
+    # A result counts as stored once WAIT confirms this many replicas have it.
+    redis_min_replicas: int = _opt("FOUNDRY_REDIS_MIN_REPLICAS", _positive(int, 0, strict=False), 0)
+    redis_wait_timeout: float = _opt("FOUNDRY_REDIS_WAIT_TIMEOUT", _positive(float), 2.0)
+    # The embedded nats-server joins a cluster when a cluster listen address is set.
+    nats_cluster_listen: str = _opt("FOUNDRY_NATS_CLUSTER_LISTEN", _listen, "")
+    nats_cluster_routes: tuple[str, ...] = _opt("FOUNDRY_NATS_CLUSTER_ROUTES", _route_urls, ())
+    nats_cluster_name: str = _opt("FOUNDRY_NATS_CLUSTER_NAME", _namespace, "foundry")
+    nats_cluster_password: str = _opt("FOUNDRY_NATS_CLUSTER_PASSWORD", str, "", repr=False)
+    nats_server_name: str = _opt("FOUNDRY_NATS_SERVER_NAME", _server_name, "")
+    # The embedded nats-server's own certificate (client listener and routes; peers are
+    # verified against FOUNDRY_NATS_TLS_CA).
+    nats_server_cert: str = _opt("FOUNDRY_NATS_SERVER_CERT", _file, "")
+    nats_server_key: str = _opt("FOUNDRY_NATS_SERVER_KEY", _file, "")
 
     def __post_init__(self) -> None:
         if self.fleet is None:

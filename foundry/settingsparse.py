@@ -364,3 +364,10 @@ def existing_file(text: str) -> str:
     if text and not Path(text).is_file():
         raise ValueError("no such file")
     return text
+
+
+def lease_ttl(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 300:
+        raise ValueError("must be whole seconds from 1 to 300")
+    return value

@@ -1,13 +1,19 @@
 """Task status and results in Redis.
 
 ``foundry:task:<id>`` is a hash (status, agent_type, attempts, timings,
-worker, error); ``foundry:result:<id>`` holds the result as JSON. Both expire
-after ``FOUNDRY_RESULT_TTL``.
+worker, error); ``foundry:result:<id>`` holds the result as JSON;
+``foundry:output:<id>`` is a capped list of the task's streamed output chunks
+(``TaskOutput`` payloads, every attempt's). All expire after ``FOUNDRY_RESULT_TTL``.
 
 Writes are fenced by the JetStream delivery number: a worker may only claim or
 finish a task while no later delivery has claimed it, and never once a final
 status is stored. So a late result from a worker that was declared dead (say,
 SIGSTOPped and continued) never overrides the result of the redelivery.
+
+With ``min_replicas`` > 0 (``FOUNDRY_REDIS_MIN_REPLICAS``) a finish counts only once
+``WAIT`` confirms that many replicas have it; otherwise it is a
+:class:`CacheUnavailable`, so the worker holds its lease and retries as when Redis is
+down. With 0 the finish is batched with the other calls of its event-loop tick.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from foundry import codec
 from foundry.contracts import FINAL_STATUSES, TaskStatus
@@ -99,6 +105,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1],
 return 'cancelled'
 """
 
+OUTPUT_MAX_ENTRIES = 20_000  # chunks kept per task, whatever their size
 _HEALER_FENCE = 1 << 30  # above any real delivery number: no worker writes after the healer
 
 
@@ -158,10 +165,19 @@ def _s(raw: dict[bytes, bytes], key: str) -> str | None:
 class TaskStore:
     """Reads and fenced writes of task records; Redis errors become CacheUnavailable."""
 
-    def __init__(self, redis: aioredis.Redis, names: Names, ttl: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        names: Names,
+        ttl: int,
+        min_replicas: int = 0,
+        wait_timeout: float = 2.0,
+    ) -> None:
         self.redis = redis
         self.names = names
         self.ttl = ttl
+        self.min_replicas = min_replicas
+        self.wait_timeout = wait_timeout
         self._scripts = ScriptBatcher(
             redis, {"claim": _CLAIM, "finish": _FINISH, "queue": _QUEUE, "cancel": _CANCEL}
         )
@@ -210,21 +226,53 @@ class TaskStore:
     ) -> str:
         """Store a final status and result. Returns 'ok', 'cancelled' (it was cancelled
         meanwhile: stored as such), 'stale' or the status already final."""
-        out = await self._scripts.call(
-            "finish",
-            [self.names.task_key(task_id), self.names.result_key(task_id)],
-            [
-                delivery,
-                status,
-                codec.dumps(result),
-                error or "",
-                time.time(),
-                self.ttl,
-                worker_id,
-                agent_type,
-            ],
-        )
+        keys = [self.names.task_key(task_id), self.names.result_key(task_id)]
+        args = [
+            delivery,
+            status,
+            codec.dumps(result),
+            error or "",
+            time.time(),
+            self.ttl,
+            worker_id,
+            agent_type,
+        ]
+        if self.min_replicas:
+            out = await self._replicated("finish", keys, args)
+        else:
+            out = await self._scripts.call("finish", keys, args)
         return out.decode() if isinstance(out, bytes) else str(out)
+
+    async def _replicated(self, name: str, keys: list[Any], args: list[Any]) -> Any:
+        """Run a script, then WAIT on the same connection for ``min_replicas`` replicas.
+
+        The script's answer may be a final status stored earlier by a write whose WAIT
+        fell short; the EXPIRE between them is a write of this connection that replicas
+        reach only after everything before it, so a confirmed WAIT covers that earlier
+        write too.
+        """
+        wait_ms = max(1, int(self.wait_timeout * 1000))
+        try:
+            for _ in range(2):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(self._scripts.shas[name], len(keys), *keys, *args)
+                    pipe.expire(keys[0], self.ttl)
+                    pipe.wait(self.min_replicas, wait_ms)
+                    out, _, acked = await pipe.execute(raise_on_error=False)
+                if not isinstance(out, NoScriptError):
+                    break
+                await self.redis.script_load(self._scripts.sources[name])
+        except (RedisError, OSError) as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        for reply in (out, acked):
+            if isinstance(reply, Exception):
+                raise CacheUnavailable(f"Redis unavailable: {reply}")
+        if int(acked) < self.min_replicas:
+            raise CacheUnavailable(
+                f"WAIT: {acked} of {self.min_replicas} replica(s) confirmed the write within "
+                f"{self.wait_timeout:g}s (FOUNDRY_REDIS_MIN_REPLICAS)"
+            )
+        return out
 
     async def cancel(self, task_id: str) -> str:
         """Ask for a task to be cancelled: 'missing', 'final:<status>', 'cancelled' or
@@ -266,3 +314,25 @@ class TaskStore:
             replay_of=_s(raw, "replay_of"),
             replayed_as=_s(raw, "replayed_as"),
         )
+
+    async def append_output(self, task_id: str, payloads: list[bytes]) -> None:
+        """Keep streamed output chunks with the task (the first OUTPUT_MAX_ENTRIES of them)."""
+        if not payloads:
+            return
+        key = self.names.output_key(task_id)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, *payloads)
+                pipe.ltrim(key, 0, OUTPUT_MAX_ENTRIES - 1)
+                pipe.expire(key, self.ttl)
+                await pipe.execute()
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+
+    async def output(self, task_id: str, start: int = 0) -> list[bytes]:
+        """The stored output chunks of a task from index ``start``, oldest first."""
+        try:
+            items = await self.redis.lrange(self.names.output_key(task_id), start, -1)
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis unavailable: {exc}") from exc
+        return [item if isinstance(item, bytes) else str(item).encode() for item in items]

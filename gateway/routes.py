@@ -9,7 +9,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from foundry.apitokens import METRICS, OPERATE, READ, SUBMIT
-from gateway import cluster, control_routes, deadletters, heal, replay, tasks
+from gateway import (
+    cluster,
+    control_routes,
+    deadletters,
+    events,
+    heal,
+    page,
+    replay,
+    stream,
+    tasks,
+    workflows,
+)
 from gateway.jsonio import json_response
 from gateway.keys import OPENAPI
 from gateway.metrics import metrics_view
@@ -26,8 +37,8 @@ ERRORS = {
     415: "A body that is not Content-Type: application/json",
     421: "The Host header does not name this gateway (FOUNDRY_GATEWAY_ALLOWED_HOSTS)",
     429: "Queue full (FOUNDRY_MAX_QUEUE_PER_TYPE)",
-    502: "The healer answered with an error; the message gives its reason",
-    503: "NATS, Redis or the healer unreachable",
+    502: "The healer (or the orchestrator) answered with an error; the message gives its reason",
+    503: "NATS, Redis, the healer or the orchestrator unreachable",
 }
 GUARDED = (401, 403, 421)  # every route but /health may answer these
 
@@ -47,6 +58,31 @@ SUBMIT_HELP = (
     "is refused: those are the ids of tasks published without one. The token needs scope "
     "submit or submit:<agent_type>."
 )
+
+EVENTS_HELP = (
+    "Server-Sent Events when asked for with Accept: text/event-stream: one frame per task "
+    "lifecycle or heal event (event: its kind, id: its AGENT_EVENTS sequence, data: the event), "
+    "keep-alive comments, at most FOUNDRY_GATEWAY_MAX_WAIT seconds per connection; reconnect "
+    "with Last-Event-ID to get what was missed first. A client that falls FOUNDRY_SSE_BUFFER "
+    "frames behind is cut off. Without that Accept header: the events after Last-Event-ID "
+    "(else the newest 100) as JSON."
+)
+STREAM_HELP = (
+    "Server-Sent Events when asked for with Accept: text/event-stream: event: output per "
+    "chunk (id: <attempt>:<seq>; data: attempt, seq, stream, data), stored chunks first, "
+    "then live ones; a chunk of a later attempt voids the earlier attempt's output; then one "
+    "event: end with the task's record. Without that Accept header: the record with the "
+    "stored output as JSON."
+)
+PAGE_HELP = "The status page (no data in it; its API calls need a token). Public."
+EVENTS_BODY = {"type": "object", "required": ["events", "count", "last_event_id"]}
+STREAM_BODY = {"type": "object", "required": ["task_id", "status", "output"]}
+
+
+def _page_route(path: str, operation_id: str, media_type: str) -> Route:
+    return Route("GET", path, page.asset, None, operation_id, PAGE_HELP,
+                 (Answer(200, "The file", {"type": "string"}, media_type),))  # fmt: skip
+
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", cluster.health, None, "health", "Up or down (NATS and Redis)",
@@ -108,6 +144,42 @@ ROUTES: tuple[Route, ...] = (
           (Answer(200, "Released", ref("Released")),
            *errors(400, 404, 409, 415, 502, 503)),
           params=(heal.WORKER_ID,)),
+    Route("GET", "/api/cluster/events", events.events, READ, "clusterEvents",
+          "Task lifecycle and heal events, live (SSE), filtered by agent_type, kind, task_id, host",
+          (Answer(200, "Events (JSON form; SSE with Accept: text/event-stream)", EVENTS_BODY),
+           *errors(400, 503)),
+          params=events.PARAMS, description=EVENTS_HELP),
+    Route("GET", "/api/cluster/task/{task_id}/stream", stream.task_stream, READ, "streamTask",
+          "A task's output as it is emitted (SSE), then its final status",
+          (Answer(200, "Output (JSON form; SSE with Accept: text/event-stream)", STREAM_BODY),
+           *errors(400, 404, 503)),
+          params=(tasks.TASK_ID, stream.RESUME), description=STREAM_HELP),
+    _page_route("/", "statusPage", "text/html"),
+    _page_route("/static/app.js", "statusPageScript", "text/javascript"),
+    _page_route("/static/style.css", "statusPageStyle", "text/css"),
+    Route("POST", "/api/cluster/workflows", workflows.start, SUBMIT, "startWorkflow",
+          "Start a workflow (scope submit: its steps are tasks of several types); a retried "
+          "start with the same workflow_id starts one",
+          (Answer(202, "Started", workflows.STARTED), *errors(400, 404, 409, 415, 502, 503)),
+          body=workflows.START_BODY,
+          description="404 when no definition has that name; 400 when the input lacks what "
+                      "the definition requires; 503 while no orchestrator leads."),
+    Route("GET", "/api/cluster/workflows/{workflow_id}", workflows.get, READ, "getWorkflow",
+          "A workflow: status, round, every step run with its task, timings and result; "
+          "?wait=seconds long-polls until it is finished or waits for approval",
+          (Answer(200, "The workflow", workflows.WORKFLOW), *errors(400, 404, 502, 503)),
+          params=(workflows.WORKFLOW_ID, workflows.WAIT)),
+    Route("POST", "/api/cluster/workflows/{workflow_id}/cancel", workflows.cancel, OPERATE,
+          "cancelWorkflow", "Cancel a workflow and its running steps (an audit event names "
+          "the token)",
+          (Answer(200, "Cancelled", workflows.CANCELLED),
+           *errors(400, 404, 409, 415, 502, 503)),
+          params=(workflows.WORKFLOW_ID,)),
+    Route("POST", "/api/cluster/workflows/{workflow_id}/approve", workflows.approve, OPERATE,
+          "approveWorkflow", "Approve the step that waits for a person (an audit event names "
+          "the token)",
+          (Answer(200, "Approved", workflows.APPROVED), *errors(400, 404, 409, 415, 502, 503)),
+          params=(workflows.WORKFLOW_ID,), body=workflows.APPROVE_BODY),
     Route("GET", "/api/openapi.json", openapi_view, READ, "openapi", "This document",
           (Answer(200, "OpenAPI 3.1", {"type": "object"}), *errors())),
     Route("GET", "/metrics", metrics_view, METRICS, "metrics",

@@ -10,8 +10,9 @@ from typing import Any
 import nats.errors
 from aiohttp import web
 from nats.js.errors import APIError as JsAPIError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
-from foundry import codec
+from foundry import codec, tracing
 from foundry.apitokens import SUBMIT
 from foundry.contracts import (
     MSG_ID_HEADER,
@@ -37,6 +38,9 @@ from gateway.keys import JS, NC, SETTINGS, STORE, VIEW
 from gateway.spec import Param
 
 PUBLISH_TIMEOUT = 2.0
+# A stream leader's election takes a few seconds (DESIGN.md: ~5 s): retries cover it.
+PUBLISH_BUDGET = 12.0
+PUBLISH_ATTEMPTS = 60
 QUERY_FIELDS = ("agent_type", "description", "task_id")
 RESERVED_PREFIX = SEQ_ID_PREFIX  # ids derived from stream sequences (seq_task_id)
 
@@ -145,8 +149,15 @@ def _task_from(request: web.Request, body: dict[str, Any] | None) -> Task:
     return Task(task_id, agent_type, description, task_input, time.time())
 
 
+def _queue_full(exc: JsAPIError) -> bool:
+    full = exc.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT
+    return full or "maximum messages per subject" in str(exc.description)
+
+
 async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
-    """Publish with ``Nats-Msg-Id``; a timed-out publish is retried with the same id.
+    """Publish with ``Nats-Msg-Id``; a publish that timed out or found no stream leader
+    (a clustered stream electing a new one) is retried with the same id, for at most
+    PUBLISH_BUDGET seconds: the stream stores it once.
 
     JetStream's refusals become core errors here: a full queue :class:`QueueFull`, any
     other :class:`BrokerUnavailable` (the error middleware answers 429 and 503).
@@ -154,20 +165,32 @@ async def _publish(request: web.Request, task: Task, payload: bytes) -> bool:
     nc, js = request.app[NC], request.app[JS]
     subject = request.app[SETTINGS].names.tasks(task.agent_type)
     headers = {MSG_ID_HEADER: task.task_id}
+    tracing.current().inject(headers)  # traceparent of the submit span, when tracing is on
     last: Exception | None = None
-    for _ in range(3):
+    deadline = time.monotonic() + PUBLISH_BUDGET
+    for attempt in range(PUBLISH_ATTEMPTS):
+        if attempt and time.monotonic() >= deadline:
+            break
         if not nc.is_connected:
-            raise BrokerUnavailable("NATS is unreachable")
+            if nc.is_closed or time.monotonic() >= deadline:
+                raise BrokerUnavailable("NATS is unreachable")
+            await asyncio.sleep(0.1)  # reconnecting to another server of the cluster
+            continue
         try:
             ack = await js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
             return bool(ack.duplicate)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             last = exc
+        except NoStreamResponseError as exc:
+            last = exc  # no stream leader yet: wait a little for the election
+            await asyncio.sleep(min(0.25 * (attempt + 1), 1.0))
         except JsAPIError as exc:
-            full = exc.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT
-            if full or "maximum messages per subject" in str(exc.description):
+            if _queue_full(exc):  # a 503 too: check it before retrying a 503
                 raise QueueFull(task.agent_type) from None
-            raise BrokerUnavailable(f"JetStream refused the task: {exc.description}") from None
+            if not isinstance(exc, ServiceUnavailableError):
+                raise BrokerUnavailable(f"JetStream refused the task: {exc.description}") from None
+            last = exc  # JetStream unavailable for the moment (a leader being elected)
+            await asyncio.sleep(min(0.25 * (attempt + 1), 1.0))
         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as exc:
             last = exc
             break
@@ -186,7 +209,15 @@ async def submit(request: web.Request) -> web.Response:
             f"task is {len(payload)} bytes, over the {settings.max_task_bytes} byte "
             "limit (FOUNDRY_MAX_TASK_BYTES)",
         )
-    store = request.app[STORE]
+    with tracing.current().span(
+        "submit", kind="producer",
+        attributes={"task.id": task.task_id, "agent.type": task.agent_type},
+    ):  # fmt: skip
+        return await _submit(request, task, payload)
+
+
+async def _submit(request: web.Request, task: Task, payload: bytes) -> web.Response:
+    settings, store = request.app[SETTINGS], request.app[STORE]
     existing = await store.queue(task.task_id, task.agent_type, task.submitted_at)
     record = None
     if existing != "created":

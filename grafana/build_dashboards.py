@@ -239,6 +239,18 @@ def tasks() -> list[Panel]:
         series("Gateway requests by status",
                ("sum by (status) (rate(foundry_gateway_request_duration_seconds_count"
                 f"{RI}))", "{{status}}"), unit="reqps", w=24),
+        series("Workflows by state",
+               ("sum by (status) (foundry_workflows)", "{{status}}"),
+               ("sum by (event) (increase(foundry_workflow_events_total"
+                f'{{event=~"completed|failed|cancelled"}}{RI}))', "{{event}}"),
+               description="Unfinished workflows by status (as the leading orchestrator last "
+                           "reported), and workflows finishing."),
+        series("Workflow step duration (p50 / p95) and orchestration overhead",
+               *quantiles("foundry_workflow_step_seconds", "agent_type", T, qs=(0.5, 0.95)),
+               ("histogram_quantile(0.95, sum by (le) (rate("
+                f"foundry_workflow_step_overhead_seconds_bucket{RI})))", "p95 overhead"),
+               unit="s", description="How long workflow steps run, by agent type, and the "
+               "time from one step finishing to the next being submitted."),
     ]  # fmt: skip
 
 

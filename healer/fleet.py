@@ -13,13 +13,13 @@ from foundry.contracts import SlotKind
 from foundry.embedded import nats_config_path, redis_config_path
 from foundry.errors import ConfigError
 from foundry.hostid import worker_name
-from foundry.natsauth import GATEWAY, MONITOR, worker_role
+from foundry.natsauth import GATEWAY, MONITOR, ORCHESTRATOR, worker_role
 from foundry.roles import role_env
 from foundry.servers import nats_command, redis_command
 from foundry.settings import Settings, split_urls
 from healer.slots import Slot
 
-SERVICES = ("gateway", "monitor")
+SERVICES = ("gateway", "monitor", "orchestrator")
 EMBEDDABLE = ("nats", "redis")
 
 
@@ -79,11 +79,11 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
     for service in services:
         if service not in SERVICES:
             raise ConfigError(
-                f"--services: unknown service {service!r} (choose from gateway, monitor)"
+                f"--services: unknown service {service!r} (choose from {', '.join(SERVICES)})"
             )
         if importlib.util.find_spec(service) is None:
             raise ConfigError(f"--services: package {service!r} is not installed")
-        role = {"gateway": GATEWAY, "monitor": MONITOR}[service]
+        role = {"gateway": GATEWAY, "monitor": MONITOR, "orchestrator": ORCHESTRATOR}[service]
         add(service, SlotKind.SERVICE, [sys.executable, "-m", service], role=role)
     for agent_type, count in settings.fleet.items():
         slots.extend(worker_slot(settings, agent_type, index) for index in range(count))

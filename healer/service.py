@@ -131,7 +131,13 @@ class HealerService:
         self.emit.nc = self.nc
         self.redis = await connect_redis(self.settings)
         await provision(self.nc.jetstream(), self.settings)
-        store = TaskStore(self.redis, self.names, self.settings.result_ttl)
+        store = TaskStore(
+            self.redis,
+            self.names,
+            self.settings.result_ttl,
+            min_replicas=self.settings.redis_min_replicas,
+            wait_timeout=self.settings.redis_wait_timeout,
+        )
         deadletters = DeadLetters(
             self.nc,
             store,

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from foundry.contracts import HealAction, HealEvent, RelaunchReason, SlotKind, TaskStatus, values
+from foundry.contracts.workflow import STATUS_COUNTS, WorkflowEvent, WorkflowEventKind
 from monitor.labels import OTHER, AgentTypes, one_of
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,11 @@ HEAL_ACTIONS = values(HealAction)
 RELAUNCH_REASONS = values(RelaunchReason)
 POLICIES = ("disk", "memory", "cpu", "reachability")  # the healer's remediation policies
 OUTCOMES = ("done", "dry_run", "failed", "skipped")
-SERVICE_SLOTS = ("gateway", "monitor", "nats-server", "redis-server")
+SERVICE_SLOTS = ("gateway", "monitor", "orchestrator", "nats-server", "redis-server")
 DETECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+WORKFLOW_EVENTS = values(WorkflowEventKind)
+STEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+OVERHEAD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
 class EventMetrics:
@@ -78,6 +82,27 @@ class EventMetrics:
             "foundry_remediations", "Host remediation actions by policy and outcome.",
             ["policy", "outcome"], registry=registry,
         )  # fmt: skip
+        self.workflow_events = Counter(
+            "foundry_workflow_events", "Workflow events by kind (started, completed, failed …).",
+            ["event"], registry=registry,
+        )  # fmt: skip
+        self.workflows = Gauge(
+            "foundry_workflows", "Unfinished workflows by status, as the leading orchestrator "
+            "last reported them.", ["status"], registry=registry,
+        )  # fmt: skip
+        self.step_seconds = Histogram(
+            "foundry_workflow_step_seconds", "How long workflow steps ran, by agent type.",
+            ["agent_type"], buckets=STEP_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.step_overhead = Histogram(
+            "foundry_workflow_step_overhead_seconds",
+            "From the steps a workflow step waited for finishing to its task being submitted.",
+            buckets=OVERHEAD_BUCKETS, registry=registry,
+        )  # fmt: skip
+        for kind in WORKFLOW_EVENTS:
+            self.workflow_events.labels(kind)
+        for status in STATUS_COUNTS:
+            self.workflows.labels(status).set(0)
         self._quarantined_slots: dict[str, str] = {}
         for agent_type in types.known:
             self._init_type(agent_type)
@@ -100,6 +125,7 @@ class EventMetrics:
         self.quarantined.labels(agent_type).set(0)
         for reason in RELAUNCH_REASONS:
             self.relaunches.labels(agent_type, reason)
+        self.step_seconds.labels(agent_type)
 
     def _type(self, value: object) -> str | None:
         before = len(self.types.known)
@@ -123,6 +149,19 @@ class EventMetrics:
             self.dead.labels(checked).inc()
         elif status == TaskStatus.CANCELLED:
             self.cancelled.labels(checked).inc()
+
+    # ---- workflow events -------------------------------------------------------------
+    def on_workflow_event(self, event: WorkflowEvent) -> None:
+        """A validated ``workflow.<kind>`` event."""
+        self.workflow_events.labels(event.kind.value).inc()
+        for status in STATUS_COUNTS:
+            self.workflows.labels(status).set(event.active.get(status, 0))
+        if event.kind is WorkflowEventKind.STEP_STARTED and event.overhead_seconds is not None:
+            self.step_overhead.observe(event.overhead_seconds)
+        if event.kind is WorkflowEventKind.STEP_FINISHED and event.duration_seconds is not None:
+            agent_type = self._type(event.agent_type)
+            if agent_type is not None:
+                self.step_seconds.labels(agent_type).observe(event.duration_seconds)
 
     # ---- heal events -----------------------------------------------------------------
     def on_heal_event(self, event: HealEvent) -> None:

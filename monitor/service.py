@@ -27,6 +27,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from foundry.connect import connect_nats, redis_client
 from foundry.contracts import HealAction, HealEvent, Heartbeat, HostSample, TaskEvent
+from foundry.contracts.workflow import WorkflowEvent
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.settings import Settings
@@ -85,6 +86,7 @@ class Monitor:
             (self.names.task_event("dead", "*"), self._on_task_event),
             (self.names.task_event("cancelled", "*"), self._on_task_event),
             (self.names.heal_event("*"), self._on_heal_event),
+            (self.names.workflow_event("*"), self._on_workflow_event),
         )
         for subject, cb in subscriptions:
             self._subs.append(await nc.subscribe(subject, cb=cb))
@@ -153,6 +155,11 @@ class Monitor:
                 to_count = event.number("to_count")
                 if event.agent_type is not None and to_count is not None:
                     self.exporter.set_desired(event.agent_type, int(to_count))
+
+    async def _on_workflow_event(self, msg: Msg) -> None:
+        event = REJECTIONS.parse(lambda: WorkflowEvent.from_payload(msg.data), msg.subject)
+        if event is not None:
+            self.events.on_workflow_event(event)
 
     # ---- health ----------------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:

@@ -202,6 +202,11 @@ def make_settings(
             # The built-in roles default to llm/exec/webhook; flow tests want plain echo.
             "handlers": dict.fromkeys(TEST_FLEET, "echo"),
             "api_tokens": str(api_tokens.path),
+            # JetStream reserves each stream's byte limit on the shared server: keep every
+            # test's streams small, or a few hundred namespaces exhaust its storage.
+            "tasks_max_bytes": 32 * 1024**2,
+            "events_max_bytes": 16 * 1024**2,
+            "dead_max_bytes": 16 * 1024**2,
         }
         base.update(overrides)
         if bus is not None and "nats_url" not in overrides:
@@ -229,10 +234,13 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
         yield conn
     finally:
         js = conn.jetstream()
+        names = settings.names
         for stream in (
-            settings.names.tasks_stream,
-            settings.names.events_stream,
-            settings.names.dead_stream,
+            names.tasks_stream,
+            names.events_stream,
+            names.dead_stream,
+            names.kv_stream(names.workflow_bucket),
+            names.kv_stream(names.lease_bucket),
         ):
             with contextlib.suppress(Exception):
                 await js.delete_stream(stream)

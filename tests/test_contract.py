@@ -17,13 +17,14 @@ from aiohttp import ClientSession
 
 from foundry.servers import free_port
 from foundry.settings import Settings
+from gateway.page import PAGE_PATHS
 from tests.cluster import start_healer
 from tests.conftest import ApiTokens, eventually
 from tests.procs import ProcessGroup
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 MAX_EXAMPLES = "25"
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", *PAGE_PATHS}
 
 
 def schemathesis(
@@ -53,13 +54,14 @@ async def test_schemathesis_all_checks_with_and_without_a_token(
     nc: Any,
     tmp_path: Path,
 ) -> None:
-    # Given a healer running the gateway and one worker, long-polls capped at 1 s
+    # Given a healer running the gateway, the orchestrator and two workers, long-polls
+    # capped at 1 s
     settings = make_settings(
         fleet={"coder": 1, "executor": 1},
         handlers={"coder": "echo", "executor": "echo"},
         gateway_port=free_port(), healer_port=free_port(), gateway_max_wait=1.0,
     )  # fmt: skip
-    start_healer(procs, settings, "--services", "gateway")
+    start_healer(procs, settings, "--services", "gateway,orchestrator")
     base = f"http://127.0.0.1:{settings.gateway_port}"
     auth = api_tokens.header(api_tokens.admin)
     async with ClientSession(headers=auth) as http:
@@ -67,9 +69,13 @@ async def test_schemathesis_all_checks_with_and_without_a_token(
         async def ready() -> bool:
             try:
                 async with http.get(f"{base}/health") as resp:
-                    return resp.status == 200 and (await resp.json())["infrastructure_agent"] == (
+                    if resp.status != 200 or (await resp.json())["infrastructure_agent"] != (
                         "running"
-                    )
+                    ):
+                        return False
+                # and an orchestrator leads (it answers approve: 404 for an unknown id)
+                async with http.post(f"{base}/api/cluster/workflows/probe/approve") as resp:
+                    return resp.status == 404
             except OSError:
                 return False
 

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from foundry import tracing
 from foundry.connect import connect_nats, connect_redis
 from foundry.errors import BrokerUnavailable, CacheUnavailable, ConfigError, InvalidAgentType
 from foundry.names import validate_agent_type
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.concurrency is not None and args.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
         spec, handler = handler_for(agent_type, settings.handlers)
+        tracing.setup(settings, f"worker-{agent_type}")
     except (ConfigError, InvalidAgentType) as exc:
         print(f"workers: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await nc.drain() if nc.is_connected else await nc.close()
             await redis.aclose()
+            tracing.current().shutdown()
 
     return run(amain)
 

@@ -63,6 +63,7 @@ class TaskContext:
     last_progress: str | None = None
     # Who submitted the task, as the gateway stated it in the payload's ``submitted_by``.
     submitted_by: str | None = None
+    _emit: Callable[[str | bytes, str], Awaitable[None]] | None = field(default=None, repr=False)
 
     async def progress(self, note: str | None = None) -> None:
         """Tell the cluster this task is alive: extends the JetStream lease, shows in heartbeats.
@@ -75,6 +76,17 @@ class TaskContext:
             self.last_progress = note
         if self._progress is not None:
             await self._progress(note)
+
+    async def emit(self, chunk: str | bytes, stream: str = "text") -> None:
+        """Stream a piece of output as the task runs: ``stream`` is ``text`` (default),
+        ``stdout`` or ``stderr``.
+
+        Watchers of ``GET /api/cluster/task/{id}/stream`` see it at once, tagged with
+        this attempt; it is also kept with the result (up to FOUNDRY_OUTPUT_MAX_BYTES
+        per attempt). Outside a worker (no emitter) it does nothing.
+        """
+        if self._emit is not None:
+            await self._emit(chunk, stream)
 
 
 class Handler(Protocol):

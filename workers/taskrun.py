@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from foundry import codec
+from foundry import codec, tracing
 from foundry.contracts import (
     FINAL_STATUSES,
     PROGRESS_NOTE_MAX,
@@ -33,6 +33,7 @@ from foundry.settings import Settings
 from foundry.store import TaskStore
 from workers.handlers import Handler, RetryableError, TaskContext, TaskFailed
 from workers.leases import InFlight, safe
+from workers.output import OutputEmitter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,7 +106,17 @@ class TaskRunner:
             await self._finish(msg, entry, TaskStatus.FAILED, None, failed, 0.0)
             return
         entry.task_id = task.task_id
-        submitted = task.submitted_at or stored_at
+        # one span per delivery, under the publisher's traceparent when it sent one
+        with tracing.current().span(
+            "task", parent=msg.headers or {}, kind="consumer",
+            attributes={"task.id": task.task_id, "agent.type": self.agent_type,
+                        "task.attempt": entry.delivery},
+        ):  # fmt: skip
+            await self._claim_and_run(msg, entry, task, task.submitted_at or stored_at)
+
+    async def _claim_and_run(
+        self, msg: Msg, entry: InFlightEntry, task: Task, submitted: float
+    ) -> None:
         claim = await self._cache(
             msg,
             lambda: self.store.claim(
@@ -122,7 +133,15 @@ class TaskRunner:
             return
         if claim == "stale":  # a later delivery owns this task now
             return
-        waited = max(0.0, time.time() - submitted)
+        now = time.time()
+        waited = max(0.0, now - submitted)
+        tracer = tracing.current()
+        if tracer.enabled:
+            tracer.record(
+                "queue wait", submitted, now,
+                attributes={"task.id": task.task_id, "agent.type": self.agent_type,
+                            "task.attempt": entry.delivery},
+            )  # fmt: skip
         self.counters.wait_seconds += waited
         self.counters.wait_hist.observe(waited)
         await self._event(
@@ -147,6 +166,10 @@ class TaskRunner:
                 last_lease = now
                 await safe(msg.in_progress())
 
+        emitter = OutputEmitter(
+            self.nc, self.store, self.names.output(self.agent_type, task.task_id),
+            task.task_id, self.agent_type, entry.delivery, self.settings.output_max_bytes,
+        )  # fmt: skip
         ctx = TaskContext(
             task_id=task.task_id,
             agent_type=self.agent_type,
@@ -157,12 +180,20 @@ class TaskRunner:
             settings=self.settings,
             _progress=progress,
             submitted_by=task.submitted_by,
+            _emit=emitter.emit,
         )
         self.inflight.lease(msg, entry)
         started = time.monotonic()
+        span = tracing.current().span(
+            "handler run",
+            attributes={"task.id": task.task_id, "agent.type": self.agent_type,
+                        "task.attempt": entry.delivery, "worker.id": self.worker_id},
+        )  # fmt: skip
         try:
-            async with asyncio.timeout(self.settings.task_timeout):
-                result = await self.handler(ctx)
+            with span:
+                async with asyncio.timeout(self.settings.task_timeout):
+                    result = await self.handler(ctx)
+            await emitter.close()  # the output is stored before the final status
             return TaskStatus.COMPLETED, result, None, time.monotonic() - started
         except RetryableError as exc:
             delay = exc.delay if exc.delay is not None else self.settings.retry_delay
@@ -170,9 +201,11 @@ class TaskRunner:
             await safe(msg.nak(delay=delay))
             return None, None, None, 0.0
         except TaskFailed as exc:
+            await emitter.close()
             return TaskStatus.FAILED, exc.result, str(exc), time.monotonic() - started
         except TimeoutError:
             ctx.cancelled.set()
+            await emitter.close()
             limit = self.settings.task_timeout
             return (
                 TaskStatus.FAILED,
@@ -185,6 +218,7 @@ class TaskRunner:
             raise
         except Exception as exc:
             took = time.monotonic() - started
+            await emitter.close()
             return TaskStatus.FAILED, None, f"{type(exc).__name__}: {exc}", took
         finally:
             self.inflight.unlease(entry)
@@ -203,13 +237,17 @@ class TaskRunner:
         except TypeError as exc:
             status, result = TaskStatus.FAILED, None
             error = f"result is not JSON-serialisable: {exc}"
-        outcome = await self._cache(
-            msg,
-            lambda: self.store.finish(
-                entry.task_id, self.agent_type, entry.delivery, self.worker_id, status, result,
-                error,
-            ),
-        )  # fmt: skip
+        with tracing.current().span(
+            "result store",
+            attributes={"task.id": entry.task_id, "task.status": status.value},
+        ):  # fmt: skip
+            outcome = await self._cache(
+                msg,
+                lambda: self.store.finish(
+                    entry.task_id, self.agent_type, entry.delivery, self.worker_id, status,
+                    result, error,
+                ),
+            )  # fmt: skip
         if outcome is None or outcome == "stale":
             return  # nak'ed for a cache outage, or a later delivery owns the task: no ack
         if outcome == "cancelled":

@@ -85,7 +85,13 @@ class Worker:
         """Consume until ``stop`` is set, then drain within ``drain_timeout``."""
         self.nc = nc
         js = nc.jetstream()
-        store = TaskStore(redis, self.names, self.settings.result_ttl)
+        store = TaskStore(
+            redis,
+            self.names,
+            self.settings.result_ttl,
+            min_replicas=self.settings.redis_min_replicas,
+            wait_timeout=self.settings.redis_wait_timeout,
+        )
         self.runner = TaskRunner(
             self.settings, self.agent_type, self.worker_id, self.handler, nc, store,
             self.inflight, self._set_cache_ok,

@@ -13,6 +13,7 @@ from foundry.contracts.enums import (
     ControlVerb,
     DeadLetterAction,
     HealAction,
+    OutputStream,
     RelaunchReason,
     SlotKind,
     SlotState,
@@ -31,6 +32,7 @@ from foundry.contracts.heartbeat import (
     InFlightEntry,
 )
 from foundry.contracts.host import DiskSample, HostSample, ProcessSample
+from foundry.contracts.output import MAX_CHUNK_CHARS, TaskOutput
 from foundry.contracts.task import (
     MSG_ID_HEADER,
     SEQ_ID_PREFIX,
@@ -46,6 +48,7 @@ from foundry.contracts.task import (
 __all__ = [
     "ACK_SUBJECT_RE",
     "FINAL_STATUSES",
+    "MAX_CHUNK_CHARS",
     "MSG_ID_HEADER",
     "PROGRESS_NOTE_MAX",
     "SEQ_ID_PREFIX",
@@ -65,6 +68,7 @@ __all__ = [
     "InFlightEntry",
     "MaxDeliveriesAdvisory",
     "MessageRejected",
+    "OutputStream",
     "ProcessSample",
     "RelaunchReason",
     "SlotKind",
@@ -72,6 +76,7 @@ __all__ = [
     "StopReason",
     "Task",
     "TaskEvent",
+    "TaskOutput",
     "TaskStatus",
     "WorkerControl",
     "WorkerState",

@@ -103,6 +103,14 @@ class DeadLetterAction(StrEnum):
     UNSERVED = "unserved"  # no fleet serves its type
 
 
+class OutputStream(StrEnum):
+    """Which stream a chunk of a task's streamed output came from (``TaskOutput.stream``)."""
+
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    TEXT = "text"  # anything else a handler emits, e.g. an LLM's tokens
+
+
 class ControlVerb(StrEnum):
     """Requests the healer answers on ``agents.control.<verb>``."""
 

@@ -201,8 +201,9 @@ async def _run(ctx: TaskContext, decision: Decision) -> dict[str, Any]:
     await ctx.progress(f"running {language}")
     try:
         outcome = await run_sandboxed(
-            argv, {LANGUAGES[language]: code}, limits, isolation=isolation, stdin=stdin
-        )
+            argv, {LANGUAGES[language]: code}, limits, isolation=isolation, stdin=stdin,
+            on_output=lambda stream, data: ctx.emit(data, stream),
+        )  # fmt: skip
     except NoFreeUid as exc:
         raise RetryableError(f"exec: {exc} (FOUNDRY_EXEC_UIDS)") from None
     result: dict[str, Any] = {

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 from aiohttp.http_exceptions import LineTooLong
 
-from foundry import codec
+from foundry import codec, tracing
 from foundry.settings import Settings
 from workers.builtin.http import read_capped, redirect_error, snippet, where
 from workers.builtin.prompts import role_prompt
@@ -246,6 +246,7 @@ async def _read_stream(
             data.append(line[5:].removeprefix(" "))
         elif not line and data:  # a blank line (or the end) closes an event
             if stream.feed("\n".join(data)):
+                await ctx.emit(stream.parts[-1])
                 await ctx.progress(f"streaming: {stream.chunks} chunks received")
             data = []
         if not raw:
@@ -332,7 +333,7 @@ async def _ask(
     attempts = settings.llm.retries + 1
     for attempt in range(1, attempts + 1):
         try:
-            return await _complete(session, ctx, body, headers)
+            return await _traced(session, ctx, body, headers, attempt)
         except _Retry as exc:
             if attempt == attempts:
                 raise TaskFailed(
@@ -347,3 +348,23 @@ async def _ask(
 
 
 llm_handler = LLMHandler()
+
+
+async def _traced(
+    session: aiohttp.ClientSession,
+    ctx: TaskContext,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    attempt: int,
+) -> dict[str, Any]:
+    """One call to the server, as an ``llm call`` span (model, tokens) when tracing is on."""
+    attributes: dict[str, str | int] = {"llm.model": str(body["model"]), "llm.attempt": attempt}
+    with tracing.current().span("llm call", attributes=attributes, kind="client") as span:
+        out = await _complete(session, ctx, body, headers)
+        usage = out.get("usage") or {}
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            value = usage.get(key)
+            span.set(f"llm.{key}", value if isinstance(value, int) else None)
+        model = out.get("model")
+        span.set("llm.response_model", model if isinstance(model, str) else None)
+        return out

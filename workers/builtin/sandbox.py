@@ -26,6 +26,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 READ_CHUNK = 64 * 1024
 EXIT_POLL = 0.02  # seconds between looks at the program's exit status
 BWRAP_PROCS = 3  # bubblewrap's own processes in a box: outer, user-namespace helper, init
+
+
+# Called with ("stdout" | "stderr", whole lines of what was captured) as the program runs.
+OnOutput = Callable[[str, bytes], Awaitable[None]]
 
 
 class NoFreeUid(Exception):
@@ -110,11 +115,30 @@ def find_program(name: str) -> str | None:
 class _Capture:
     """Reads one stream into a buffer of at most ``cap`` bytes; sets ``overflow`` past it."""
 
-    def __init__(self, cap: int, overflow: asyncio.Event) -> None:
+    def __init__(
+        self,
+        cap: int,
+        overflow: asyncio.Event,
+        name: str = "stdout",
+        on_output: OnOutput | None = None,
+    ) -> None:
         self.cap = cap
         self.overflow = overflow
         self.data = bytearray()
         self.truncated = False
+        self.name, self.on_output, self._sent = name, on_output, 0
+
+    async def _lines(self, final: bool = False) -> None:
+        """Hand complete lines captured so far (everything, when ``final``) to ``on_output``."""
+        if self.on_output is None:
+            return
+        end = len(self.data) if final else self.data.rfind(b"\n", self._sent) + 1
+        if end - self._sent >= READ_CHUNK:  # a long line without a newline: pass it on
+            end = len(self.data)
+        if end > self._sent:
+            chunk, self._sent = bytes(self.data[self._sent : end]), end
+            with contextlib.suppress(Exception):
+                await self.on_output(self.name, chunk)
 
     async def pump(self, stream: asyncio.StreamReader | None) -> None:
         if stream is None:
@@ -127,8 +151,11 @@ class _Capture:
                 self.data += chunk[: max(room, 0)]
                 self.truncated = True
                 self.overflow.set()
+                await self._lines(final=True)
                 continue
             self.data += chunk
+            await self._lines()
+        await self._lines(final=True)
 
 
 async def _exit_of(proc: asyncio.subprocess.Process) -> None:
@@ -267,8 +294,10 @@ async def run_sandboxed(
     *,
     isolation: Plain | Boxed | None = None,
     stdin: str | None = None,
+    on_output: OnOutput | None = None,
 ) -> Outcome:
-    """Run ``argv`` (absolute program path first) with ``files`` in its work folder."""
+    """Run ``argv`` (absolute program path first) with ``files`` in its work folder;
+    ``on_output`` gets its stdout and stderr line by line as they come."""
     isolation = isolation or Plain()
     if isinstance(isolation, Boxed):
         prep = _prepare_boxed(isolation, argv, files, limits, stdin)
@@ -278,7 +307,8 @@ async def run_sandboxed(
     pumps: list[asyncio.Task[None]] = []
     try:
         overflow = asyncio.Event()
-        out, err = _Capture(limits.output_bytes, overflow), _Capture(limits.output_bytes, overflow)
+        out = _Capture(limits.output_bytes, overflow, "stdout", on_output)
+        err = _Capture(limits.output_bytes, overflow, "stderr", on_output)
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *prep.command,

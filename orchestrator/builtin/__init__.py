@@ -1,0 +1,1 @@
+"""The built-in workflow definitions (TOML files beside this module)."""

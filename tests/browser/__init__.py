@@ -1,0 +1,1 @@
+"""Driving Debian's headless Chromium over the DevTools protocol, for the status page test."""
