@@ -161,6 +161,11 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 f"{API}.STREAM.MSG.DELETE.{tasks}",
                 *(s for t in agent_types for s in _consumer_create(tasks, names.consumer(t))),
                 f"{API}.CONSUMER.INFO.{tasks}.*",
+                # the healers' leader lease (cluster-wide duties): its bucket and its keys
+                *_stream_api(
+                    names, "INFO", "CREATE", "UPDATE", streams=[names.kv_stream(names.lease_bucket)]
+                ),
+                *_kv_access(names, names.lease_bucket),
             ],
             subscribe=[
                 inbox,

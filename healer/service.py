@@ -39,6 +39,7 @@ from healer.control import ControlServer
 from healer.deadletter import DeadLetters
 from healer.events import Emitter
 from healer.fleet import build_slots, run_dir, scalable_names, worker_slot
+from healer.leader import Leadership
 from healer.liveness import Liveness
 from healer.metrics import healer_registry
 from healer.operations import Operations
@@ -105,11 +106,12 @@ class HealerService:
         self.control.route(ControlVerb.RELEASE, self.operations.release)
         self.control.route(ControlVerb.CANCEL, self.operations.cancel)
         self.http_port: int | None = None
+        self.leadership: Leadership | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def leading(self) -> bool:
         """Whether this healer does the cluster-wide duties now (it holds the leader lease)."""
-        return True
+        return self.leadership is not None and self.leadership.held
 
     def _worker_slot(self, worker_id: str) -> Any:
         slot = self.supervisor.slots.get(worker_id)
@@ -131,6 +133,10 @@ class HealerService:
         self.emit.nc = self.nc
         self.redis = await connect_redis(self.settings)
         await provision(self.nc.jetstream(), self.settings)
+        self.leadership = Leadership(self.nc.jetstream(), self.settings)
+        await self.leadership.provision()
+        standing_down = asyncio.Event()  # set at stop: the lease is released, not cancelled
+        elect = asyncio.create_task(self.leadership.run(standing_down))
         store = TaskStore(
             self.redis,
             self.names,
@@ -176,6 +182,11 @@ class HealerService:
             spawn(loop, self._tasks)
         await stop.wait()
         log.info("stopping: draining the fleet")
+        standing_down.set()
+        try:
+            await asyncio.wait_for(elect, 3.0)
+        except Exception as exc:
+            log.warning("leader lease not released cleanly: %r", exc)
         for task in list(self._tasks):
             task.cancel()
         await sup.shutdown(self.settings.drain_timeout + 2.0)

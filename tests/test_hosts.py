@@ -72,6 +72,11 @@ async def healer_replies(nc: NATS, settings: Settings, within: float = 1.0) -> l
     return replies
 
 
+async def leaders(nc: NATS, settings: Settings) -> list[str]:
+    """The hosts whose healer says it leads (holds the leader lease)."""
+    return sorted(r["host_id"] for r in await healer_replies(nc, settings, 0.3) if r["leader"])
+
+
 async def all_running(nc: NATS, settings: Settings, hosts: tuple[str, ...]) -> dict[str, Any]:
     """Slot name → slot, once every host's healer answers with all its workers running."""
     deadline = time.monotonic() + 60
@@ -179,6 +184,8 @@ async def test_a_lost_host_loses_nothing(
     host_a, host_b = (host_settings(base, host, tmp_path) for host in HOSTS)
     async with cluster_streams(base, procs), watch(nc, base) as events:
         start_healer(procs, host_a)
+        # (host A leads: a surviving leader naks at once; a lost one is replaced first)
+        await eventually(lambda: _leader_is(nc, base, "host-a"), 30)
         healer_b = start_healer(procs, host_b)
         await all_running(nc, base, HOSTS)
         gw = await make_gateway(host_a)
@@ -213,6 +220,10 @@ async def test_a_lost_host_loses_nothing(
         )
         assert down_in <= bound + 0.5, down_in  # the view is polled: allow one poll's slack
         assert redelivered_in <= bound, redelivered_in
+
+
+async def _leader_is(nc: NATS, settings: Settings, host: str) -> bool:
+    return await leaders(nc, settings) == [host]
 
 
 def _last_beats_of_b(events: Events) -> dict[str, dict[str, Any]]:
