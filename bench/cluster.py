@@ -36,6 +36,7 @@ from foundry import codec
 from foundry.apitokens import create_token
 from foundry.childenv import env_for
 from foundry.contracts import SlotKind
+from foundry.hostid import worker_name
 from foundry.natsauth import GATEWAY
 from foundry.roles import role_env
 from foundry.servers import free_port
@@ -162,7 +163,9 @@ class FoundryCluster:
         return "127.0.0.1", self.settings.gateway_port
 
     def worker_ids(self) -> list[str]:
-        return [f"{AGENT_TYPE}-{i}" for i in range(self.options.workers)]
+        return [
+            worker_name(AGENT_TYPE, i, self.settings.host_id) for i in range(self.options.workers)
+        ]
 
     async def start(self, nc: NATS, timeout: float = 60.0) -> float:
         """Launch the healer; wait for every worker's beat and a healthy gateway.

@@ -174,7 +174,7 @@ class Compare:
                 ),
             )
             modules = {
-                "worker": loaded(pids[f"{AGENT_TYPE}-0"]),
+                "worker": loaded(pids[cluster.worker_ids()[0]]),
                 "gateway": loaded(pids["gateway"]),
             }
         finally:

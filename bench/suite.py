@@ -177,7 +177,11 @@ class Suite:
             for sy in systems:
                 profiled = sy.name == "foundry" and r == self.plan.rounds - 1  # the last round
                 profile = (
-                    self._profiler(roles.get(f"{AGENT_TYPE}-0"), "worker") if profiled else None
+                    self._profiler(
+                        roles.get(self.cluster.worker_ids()[0] if self.cluster else ""), "worker"
+                    )
+                    if profiled
+                    else None
                 )
                 tasks = make_tasks(f"{sy.prefix}{r}", self.plan.tasks)
                 meter = CpuMeter(sy.pids).start()

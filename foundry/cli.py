@@ -63,14 +63,19 @@ def page_url(settings: Settings, url: str) -> str:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    embedded: list[str] = [
-        name
-        for name, url, port in (
-            ("nats", settings.nats_url, 4222),
-            ("redis", settings.redis_url, 6379),
+    servers = (("nats", settings.nats_url, 4222), ("redis", settings.redis_url, 6379))
+    embedded: list[str] = [name for name, url, port in servers if not _answers(url, port)]
+    if args.env_file and embedded:
+        # A joining host uses the cluster's servers: an empty embedded one would split it.
+        var = {"nats": "FOUNDRY_NATS_URL", "redis": "FOUNDRY_REDIS_URL"}[embedded[0]]
+        print(
+            f"foundry: joining with {args.env_file}: {var} does not answer; set it to an "
+            "address of the cluster this host can reach",
+            file=sys.stderr,
         )
-        if not _answers(url, port)
-    ]
+        return 2
+    if args.env_file:
+        print(f"foundry: joining the cluster of {args.env_file} as host {settings.host_id}")
     services = ["gateway"] + [
         name for name in ("monitor", "orchestrator") if importlib.util.find_spec(name)
     ]
@@ -135,30 +140,53 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if stopping and code == 0 else code or 0
 
 
+STATUS_COLUMNS = (
+    "worker_id",
+    "agent_type",
+    "status",
+    "pid",
+    "tasks_processed",
+    "errors",
+    "uptime_seconds",
+)
+
+
+def status_lines(status: dict[str, Any], agents: list[dict[str, Any]]) -> list[str]:
+    """The ``foundry status`` table: cluster totals, then each host's workers under it."""
+    lines = [
+        f"workers: {status['total_workers']} total, {status['healthy_workers']} healthy, "
+        f"{status['unhealthy_workers']} unhealthy; healer {status.get('healer')}"
+    ]
+    hosts: dict[str, dict[str, Any]] = status.get("hosts") or {}
+    rows = [[str(a.get(c, "")) for c in STATUS_COLUMNS] for a in agents]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(STATUS_COLUMNS)]
+    groups: dict[str, list[list[str]]] = {}
+    for agent, row in zip(agents, rows, strict=True):
+        groups.setdefault(str(agent.get("host") or "-"), []).append(row)
+    for host in sorted(set(groups) | set(hosts)):
+        info = hosts.get(host, {})
+        lead = ", leader" if info.get("leader") else ""
+        lines.append("")
+        lines.append(
+            f"host {host}: {info.get('total_workers', len(groups.get(host, [])))} worker(s), "
+            f"{info.get('healthy_workers', 0)} healthy; healer {info.get('healer', '?')}{lead}"
+        )
+        lines.append(
+            "  "
+            + "  ".join(c.upper().ljust(w) for c, w in zip(STATUS_COLUMNS, widths, strict=True))
+        )
+        for row in groups.get(host, []):
+            lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    return lines
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     status = _http(settings, "GET", "/api/cluster/status")
     agents = _http(settings, "GET", "/api/cluster/agents/live")["agents"]
     if args.json:
         print(json.dumps({"status": status, "agents": agents}, indent=2))
         return 0
-    print(
-        f"workers: {status['total_workers']} total, {status['healthy_workers']} healthy, "
-        f"{status['unhealthy_workers']} unhealthy; healer {status.get('healer')}"
-    )
-    cols = (
-        "worker_id",
-        "agent_type",
-        "status",
-        "pid",
-        "tasks_processed",
-        "errors",
-        "uptime_seconds",
-    )
-    rows = [[str(a.get(c, "")) for c in cols] for a in agents]
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    print("\n".join(status_lines(status, agents)))
     return 0
 
 
@@ -200,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the embedded all-in-one cluster")
     up.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the gateway")
+    up.add_argument(
+        "--env-file",
+        type=Path,
+        help="join a cluster: read its cluster.env (as if sourced) and embed no server",
+    )
     up.set_defaults(func=cmd_up)
     st = sub.add_parser("status", help="table of workers")
     st.add_argument("--json", action="store_true")
@@ -248,7 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        if args.command == "up" and args.env_file:
+            if not args.env_file.is_file():
+                print(f"foundry: --env-file: no such file {args.env_file}", file=sys.stderr)
+                return 2
+            settings = Settings.from_env({**os.environ, **read_env_file(args.env_file)})
+        else:
+            settings = Settings.from_env()
         if args.command != "up":
             # the HTTP commands read client.env too (the explicit environment wins)
             environ = client_environ(os.environ, embedded_mod.client_env_path(settings))

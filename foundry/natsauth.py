@@ -169,6 +169,11 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                     for s in _consumer_create(tasks, c)
                 ),
                 f"{API}.CONSUMER.INFO.{tasks}.*",
+                # the healers' leader lease (cluster-wide duties): its bucket and its keys
+                *_stream_api(
+                    names, "INFO", "CREATE", "UPDATE", streams=[names.kv_stream(names.lease_bucket)]
+                ),
+                *_kv_access(names, names.lease_bucket),
             ],
             subscribe=[
                 inbox,

@@ -17,6 +17,7 @@ from typing import Any
 
 from foundry.errors import ConfigError
 from foundry.handlersettings import ExecSettings, LlmSettings, WebhookSettings
+from foundry.hostid import default_host_id, parse_host_id
 from foundry.names import Names
 from foundry.rates import Rate, parse_rate_limits, parse_token_budgets
 
@@ -133,6 +134,9 @@ class Settings:
     # redis://, rediss://, unix://, or redis+sentinel://h1:26379,h2:26379/<master>/<db>
     redis_url: str = _opt("FOUNDRY_REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0", repr=False)
     namespace: str = _opt("FOUNDRY_NAMESPACE", _namespace, "")
+    # This host's id (foundry.hostid): on every heartbeat, heal event and worker id.
+    # Empty: the machine's host name made a token (filled in by __post_init__).
+    host_id: str = _opt("FOUNDRY_HOST_ID", parse_host_id, "")
     gateway_host: str = _opt("FOUNDRY_GATEWAY_HOST", str, "127.0.0.1")
     gateway_port: int = _opt("FOUNDRY_GATEWAY_PORT", _port, 8080)
     # API security (gateway): token file (foundry.apitokens), auth switch, Host/Origin lists.
@@ -308,6 +312,8 @@ class Settings:
             object.__setattr__(self, "rate_limits", {})
         if self.token_budgets is None:
             object.__setattr__(self, "token_budgets", {})
+        if not self.host_id:
+            object.__setattr__(self, "host_id", default_host_id())
         if self.nats_role_passwords is None:
             object.__setattr__(self, "nats_role_passwords", {})
         if self.clean_paths is None:
@@ -351,5 +357,5 @@ class Settings:
         """A one-line summary safe to log (no secrets)."""
         return (
             f"nats={redact_url(self.nats_url)} redis={redact_url(self.redis_url)} "
-            f"namespace={self.namespace or '-'} fleet={self.fleet}"
+            f"namespace={self.namespace or '-'} host={self.host_id} fleet={self.fleet}"
         )

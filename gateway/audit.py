@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,6 @@ from gateway.keys import NC, SETTINGS
 from gateway.spec import Handler
 
 log = logging.getLogger(__name__)
-HOST = socket.gethostname()
 # What a handler adds to its own audit record (a new task id, a count, the filters used).
 AUDIT_FIELDS: web.RequestKey[dict[str, Any]] = web.RequestKey("audit_fields")
 
@@ -38,7 +36,7 @@ async def record(request: web.Request, action: str, status: int, **fields: Any) 
     body: dict[str, Any] = {
         "kind": "heal.audit",
         "at": time.time(),
-        "host": HOST,
+        "host": request.app[SETTINGS].host_id,
         "action": action,
         "token": token.name if token is not None else None,
         "status": status,

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from foundry.apitokens import READ
 from foundry.names import LANES
 from gateway.auth import caller
-from gateway.heal import ask_healer
+from gateway.heal import ask_healer, gather_healers
 from gateway.jsonio import json_response
 from gateway.keys import JS, NC, REDIS, SETTINGS, VIEW
 
@@ -93,24 +93,32 @@ async def _queues(request: web.Request) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def _workers(request: web.Request) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Heartbeat rows merged with the healer's slots (quarantined, backing off, starting)."""
+async def _workers(
+    request: web.Request,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Heartbeat rows merged with every host's healer slots (quarantined, backing off,
+    starting), and the healers' status replies (one per host that answered)."""
     rows = request.app[VIEW].live_workers()
-    healer = await ask_healer(request, "status")
-    if healer is None:
-        return rows, None
-    slots = {s["slot"]: s for s in healer.get("slots", [])}
+    expect = {str(r["host"]) for r in rows if r.get("host")}
+    healers = await gather_healers(request, "status", expect=expect)
+    slots: dict[str, tuple[str, dict[str, Any]]] = {}
+    for healer in healers:
+        host = str(healer.get("host_id") or "")
+        for slot in healer.get("slots", []):
+            if slot.get("kind") == "worker":
+                slots[slot["slot"]] = (host, slot)
     seen = set()
     for row in rows:
-        slot = slots.get(row["worker_id"])
-        if slot is not None:
+        found = slots.get(row["worker_id"])
+        if found is not None:
+            slot = found[1]
             seen.add(row["worker_id"])
             row["slot_state"] = slot["state"]
             row["restarts"] = slot["restarts"]
             if slot["state"] == "quarantined":
                 row["status"] = "quarantined"
-    for name, slot in slots.items():
-        if slot["kind"] != "worker" or name in seen:
+    for name, (host, slot) in slots.items():
+        if name in seen:
             continue
         state = slot["state"]
         rows.append(
@@ -121,7 +129,7 @@ async def _workers(request: web.Request) -> tuple[list[dict[str, Any]], dict[str
                 "state": state,
                 "slot_state": state,
                 "pid": slot["pid"],
-                "host": None,
+                "host": host or None,
                 "tasks_processed": 0,
                 "errors": 0,
                 "in_flight": 0,
@@ -132,29 +140,62 @@ async def _workers(request: web.Request) -> tuple[list[dict[str, Any]], dict[str
                 "last_error": slot["last_error"],
             }
         )
-    rows.sort(key=lambda r: r["worker_id"])
-    return rows, healer
+    rows.sort(key=lambda r: (r.get("host") or "", r["worker_id"]))
+    return rows, healers
+
+
+COUNTS = ("healthy", "unhealthy", "quarantined")
+
+
+def _totals(workers: list[dict[str, Any]]) -> dict[str, int]:
+    counts = dict.fromkeys(COUNTS, 0)
+    for w in workers:
+        counts[w["status"]] += 1
+    return {
+        "total_workers": len(workers),
+        "healthy_workers": counts["healthy"],
+        "unhealthy_workers": counts["unhealthy"] + counts["quarantined"],
+        "quarantined_workers": counts["quarantined"],
+    }
+
+
+def _per_host(
+    workers: list[dict[str, Any]], healers: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per host: its workers' totals, whether its healer answered and whether it leads."""
+    answered = {str(h.get("host_id") or ""): h for h in healers}
+    hosts = sorted({str(w.get("host") or "") for w in workers} | set(answered) - {""})
+    out: dict[str, dict[str, Any]] = {}
+    for host in hosts:
+        healer = answered.get(host)
+        out[host] = {
+            **_totals([w for w in workers if (w.get("host") or "") == host]),
+            "healer": "running" if healer is not None else "not running",
+            "leader": bool(healer and healer.get("leader")),
+            "host": _host_summary((healer or {}).get("host")),
+        }
+    return out
 
 
 async def status(request: web.Request) -> web.Response:
-    """GET /api/cluster/status: totals by health, the fleet, queues."""
+    """GET /api/cluster/status: cluster totals by health, per-host totals, the fleet, queues."""
     settings = request.app[SETTINGS]
-    workers, healer = await _workers(request)
-    counts = {"healthy": 0, "unhealthy": 0, "quarantined": 0}
+    workers, healers = await _workers(request)
     by_type: dict[str, dict[str, int]] = {
-        t: {"desired": n, **dict.fromkeys(counts, 0)} for t, n in settings.fleet.items()
+        t: {"desired": n, **dict.fromkeys(COUNTS, 0)} for t, n in settings.fleet.items()
     }
     for w in workers:
-        counts[w["status"]] += 1
-        row = by_type.setdefault(w["agent_type"], {"desired": 0, **dict.fromkeys(counts, 0)})
+        row = by_type.setdefault(w["agent_type"], {"desired": 0, **dict.fromkeys(COUNTS, 0)})
         row[w["status"]] += 1
+    # This host's healer first (its host sample and remediation are the ones shown flat).
+    own = next((h for h in healers if h.get("host_id") == settings.host_id), None)
+    healer = own or (healers[0] if healers else None)
     return json_response(
         {
-            "total_workers": len(workers),
-            "healthy_workers": counts["healthy"],
-            "unhealthy_workers": counts["unhealthy"] + counts["quarantined"],
-            "quarantined_workers": counts["quarantined"],
+            **_totals(workers),
             "agent_types": by_type,
+            "hosts": _per_host(workers, healers),
+            "leader": next((h.get("host_id") for h in healers if h.get("leader")), None),
             "queues": await _queues(request),
             "healer": "running" if healer else "not running",
             "host": _host_summary((healer or {}).get("host")),
@@ -181,6 +222,10 @@ def _host_summary(sample: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 async def agents_live(request: web.Request) -> web.Response:
-    """GET /api/cluster/agents/live: one row per worker (heartbeats + the healer's slots)."""
+    """GET /api/cluster/agents/live: one row per worker (heartbeats + every healer's slots),
+    ordered by host, and each host's worker ids."""
     workers, _ = await _workers(request)
-    return json_response({"agents": workers, "count": len(workers)})
+    hosts: dict[str, list[str]] = {}
+    for w in workers:
+        hosts.setdefault(w.get("host") or "", []).append(w["worker_id"])
+    return json_response({"agents": workers, "count": len(workers), "hosts": hosts})

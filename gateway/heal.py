@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import nats.errors
 from aiohttp import web
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from foundry import codec
 from foundry.contracts import ControlReply, MessageRejected
 from foundry.errors import BrokerUnavailable
+from foundry.hostid import host_of
 from gateway.audit import audited
 from gateway.errors import ApiError, bad_request
 from gateway.jsonio import json_response
-from gateway.keys import JS, NC, SETTINGS
+from gateway.keys import JS, NC, SETTINGS, VIEW
 from gateway.spec import Param
 
 CONTROL_TIMEOUT = 5.0
 HISTORY_MAX = 1000
 HISTORY_SCAN = 20_000
-# Healer slot names: `<agent type>-<index>` for workers, `gateway`, `nats-server` … for others.
-WORKER_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-WORKER_ID_HINT = "a slot name: 1-64 lowercase letters, digits, '_' or '-', starting with a letter"
+# Healer slot names: `<agent type>-<index>@<host>` for workers (foundry.hostid), `gateway`,
+# `nats-server` … for others.
+WORKER_ID_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}(@[a-z0-9][a-z0-9_-]{0,62})?$")
+WORKER_ID_HINT = (
+    "a slot name: 1-64 lowercase letters, digits, '_' or '-', starting with a letter, "
+    "optionally followed by @<host id>"
+)
 
 LIMIT = Param(
     "limit",
@@ -44,7 +52,7 @@ WORKER_ID = Param(
     "worker_id",
     "path",
     {"type": "string", "pattern": WORKER_ID_RE.pattern},
-    "The slot to release, e.g. coder-0 (" + WORKER_ID_HINT + ")",
+    "The slot to release, e.g. coder-0@host-a (" + WORKER_ID_HINT + ")",
 )
 
 
@@ -110,11 +118,78 @@ async def ask_healer(request: web.Request, verb: str, within: float = 0.5) -> di
     return body if isinstance(body, dict) else None
 
 
+async def gather_healers(
+    request: web.Request,
+    verb: str,
+    within: float = 0.5,
+    expect: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Every healer's reply to ``agents.control.<verb>`` (one per host), best effort.
+
+    Every healer subscribes to the same control subjects, so one request reaches them
+    all; the replies are gathered on one inbox until each host in ``expect`` (the hosts
+    heard in heartbeats) has answered, or ``within`` seconds pass. A reply that is not a
+    successful JSON object is skipped.
+    """
+    nc = request.app[NC]
+    if not nc.is_connected:
+        return []
+    waiting = set(expect)
+    replies: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def take(msg: Msg) -> None:
+        try:
+            reply = ControlReply.from_payload(msg.data)
+        except MessageRejected:
+            return
+        if reply.ok and isinstance(reply.body, dict):
+            replies.append(reply.body)
+            waiting.discard(str(reply.body.get("host_id", "")))
+            if not waiting:
+                done.set()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=take)
+    try:
+        subject = request.app[SETTINGS].names.control(verb)
+        await nc.publish(subject, codec.dumps({}), reply=inbox)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), within)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return replies
+
+
 @audited("heal")
 async def heal_now(request: web.Request) -> web.Response:
-    """POST /api/cluster/heal → {"healed_workers", "count", "message"}"""
-    out = await control(request, "heal")
-    return json_response(out)
+    """POST /api/cluster/heal → {"healed_workers", "count", "message", "hosts"}: every
+    host's healer heals its own slots; the answer sums theirs."""
+    replies = await gather_healers(request, "heal", within=2.0, expect=_hosts(request))
+    if not replies:
+        out = await control(request, "heal")  # one healer, or none: its answer or the 503
+        return json_response(out)
+    healed = [w for r in replies for w in r.get("healed_workers", [])]
+    quarantined = [w for r in replies for w in r.get("quarantined", [])]
+    message = f"healed {len(healed)} worker(s)" if healed else "nothing to heal"
+    if quarantined:
+        message += f"; quarantined (release them explicitly): {', '.join(quarantined)}"
+    hosts = {str(r.get("host_id", "")): r.get("message", "") for r in replies}
+    return json_response(
+        {
+            "healed_workers": healed,
+            "count": len(healed),
+            "message": message,
+            "quarantined": quarantined,
+            "hosts": hosts,
+        }
+    )
+
+
+def _hosts(request: web.Request) -> set[str]:
+    """Hosts whose workers beat (a healer of each is expected to answer)."""
+    return {str(row["host"]) for row in request.app[VIEW].live_workers() if row.get("host")}
 
 
 @audited("release", "worker_id")
@@ -123,6 +198,16 @@ async def release(request: web.Request) -> web.Response:
     worker_id = request.match_info["worker_id"]
     if not WORKER_ID_RE.fullmatch(worker_id):
         raise bad_request(f"worker_id must be {WORKER_ID_HINT}", "worker_id")
+    owner = host_of(worker_id)
+    if owner is not None:  # only that host's healer answers: is it there at all?
+        pings = await gather_healers(request, "ping", expect={owner})
+        if pings and owner not in {p.get("host_id") for p in pings}:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no healer of host {owner!r} answers (unknown host, or it is down)",
+                worker_id=worker_id,
+            )
     try:
         out = await control(request, "release", {"worker_id": worker_id})
     except ApiError as exc:

@@ -134,17 +134,37 @@ COMPONENTS: dict[str, Schema] = {
         queues={"type": "object", "additionalProperties": OBJECT},
         healer={"enum": ["running", "not running"]},
         host={"type": ["object", "null"]},
+        hosts={
+            "type": "object",
+            "additionalProperties": OBJECT,
+            "description": "per host id: its workers' totals, healer, leader, host sample",
+        },
+        leader={**OPT_STR, "description": "the host whose healer does cluster-wide duties"},
         remediation=ANY,
         nats={"enum": ["connected", "unreachable"]},
         redis={"enum": ["connected", "unreachable"]},
     ),
-    "Agents": obj(("agents", "count"), agents={"type": "array", "items": OBJECT}, count=INT),
+    "Agents": obj(
+        ("agents", "count"),
+        agents={"type": "array", "items": OBJECT},
+        count=INT,
+        hosts={
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": STR},
+            "description": "per host id: its worker ids",
+        },
+    ),
     "Healed": obj(
         ("healed_workers", "count", "message"),
         healed_workers={"type": "array", "items": STR},
         count=INT,
         message=STR,
         quarantined={"type": "array", "items": STR},
+        hosts={
+            "type": "object",
+            "additionalProperties": STR,
+            "description": "per host: its answer",
+        },
     ),
     "History": obj(
         ("events", "count", "offset", "total"),

@@ -5,6 +5,11 @@
 - ``control.heal``    → relaunch anything dead or silent now; says what it did
 - ``control.release`` ``{"worker_id": ..}`` → release a quarantined slot
 
+Every healer of the cluster subscribes to the same subjects (no queue group), so a
+request reaches them all: the gateway gathers every reply of ``status`` and
+``heal`` (one per host), and a handler that returns None stays silent (a
+``release`` of another host's worker is that host's to answer).
+
 A request that fails its contract gets an error reply with ``code``
 ``bad_request``; a handler that fails gets ``internal``. Either way the caller
 hears why.
@@ -24,12 +29,13 @@ from foundry.names import Names
 from foundry.rejections import REJECTIONS
 
 log = logging.getLogger(__name__)
-Handler = Callable[[ControlRequest], Awaitable[ControlReply]]
+Handler = Callable[[ControlRequest], Awaitable[ControlReply | None]]
 
 
 class ControlServer:
-    def __init__(self, names: Names) -> None:
+    def __init__(self, names: Names, host: str = "") -> None:
         self.names = names
+        self.host = host
         self.handlers: dict[ControlVerb, Handler] = {ControlVerb.PING: self._ping}
 
     def route(self, verb: ControlVerb, handler: Handler) -> None:
@@ -49,10 +55,10 @@ class ControlServer:
             except Exception as exc:
                 log.exception("control %s failed", verb)
                 reply = ControlReply.failure("internal", f"{type(exc).__name__}: {exc}")
-            if msg.reply:
+            if msg.reply and reply is not None:
                 await nc.publish(msg.reply, reply.to_payload())
 
         return handle
 
     async def _ping(self, _request: ControlRequest) -> ControlReply:
-        return ControlReply({"ok": True, "pid": os.getpid()})
+        return ControlReply({"ok": True, "pid": os.getpid(), "host_id": self.host})

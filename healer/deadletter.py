@@ -68,8 +68,11 @@ class DeadLetters:
         poison_kills: int,
         max_deliver: int,
         emit: Emit,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.nc = nc
+        # Advisories reach every healer; only the leader (cluster-wide duty) acts on them.
+        self.leading = leading
         self.js = nc.jetstream()
         self.store = store
         self.names = names
@@ -141,6 +144,8 @@ class DeadLetters:
             del self.kills[key]
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
+        if not self.leading():
+            return
         advisory = REJECTIONS.parse(lambda: MaxDeliveriesAdvisory.from_payload(msg.data))
         if advisory is None:
             return

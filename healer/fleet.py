@@ -12,6 +12,7 @@ from foundry.childenv import env_for
 from foundry.contracts import SlotKind
 from foundry.embedded import nats_config_path, redis_config_path
 from foundry.errors import ConfigError
+from foundry.hostid import worker_name
 from foundry.natsauth import GATEWAY, MONITOR, ORCHESTRATOR, worker_role
 from foundry.roles import role_env
 from foundry.servers import nats_command, redis_command
@@ -90,9 +91,9 @@ def build_slots(settings: Settings, services: list[str], embedded: list[str]) ->
 
 
 def worker_slot(settings: Settings, agent_type: str, index: int) -> Slot:
-    """The worker slot ``<type>-<index>``: the same command and environment for every index,
-    whether the fleet starts with it or the autoscaler adds it."""
-    name = f"{agent_type}-{index}"
+    """The worker slot ``<type>-<index>@<host>`` (foundry.hostid): the same command and
+    environment for every index, whether the fleet starts with it or the autoscaler adds it."""
+    name = worker_name(agent_type, index, settings.host_id)
     command = [
         sys.executable,
         "-m",
@@ -116,7 +117,7 @@ def worker_slot(settings: Settings, agent_type: str, index: int) -> Slot:
 def scalable_names(settings: Settings) -> list[str]:
     """Worker slots the autoscaler may add (beyond each type's minimum), by name."""
     return [
-        f"{agent_type}-{index}"
+        worker_name(agent_type, index, settings.host_id)
         for agent_type, bounds in settings.fleet_ranges.items()
         for index in range(bounds.minimum, bounds.maximum)
     ]

@@ -18,6 +18,7 @@ from foundry.contracts import (
     TaskStatus,
 )
 from foundry.errors import CacheUnavailable
+from foundry.hostid import host_of
 from foundry.names import Names
 from foundry.store import TaskStore
 from healer.liveness import Liveness
@@ -34,12 +35,16 @@ class Operations:
         watch: Watch,
         remediator: Remediator,
         host_sample: Callable[[], dict[str, Any] | None],
+        host_id: str = "",
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.supervisor = supervisor
         self.liveness = liveness
         self.watch = watch
         self.remediator = remediator
         self.host_sample = host_sample
+        self.host_id = host_id
+        self.leading = leading
         self.store: TaskStore | None = None  # set once connected
         self.nc: NATS | None = None
         self.names: Names | None = None
@@ -54,6 +59,8 @@ class Operations:
                 "pid": os.getpid(),
                 "remediation": self.remediator.state(),
                 "host": self.host_sample(),
+                "host_id": self.host_id,
+                "leader": self.leading(),
             }
         )
 
@@ -79,12 +86,16 @@ class Operations:
                 "count": len(healed),
                 "message": message,
                 "quarantined": quarantined,
+                "host_id": self.host_id,
             }
         )
 
-    async def release(self, request: ControlRequest) -> ControlReply:
+    async def release(self, request: ControlRequest) -> ControlReply | None:
         name = request.worker_id or ""
         slot = self.supervisor.slots.get(name)
+        owner = host_of(name)
+        if slot is None and owner is not None and owner != self.host_id:
+            return None  # another host's worker: its healer answers
         if slot is None:
             return ControlReply.failure("not_found", f"no slot {name!r} on this healer")
         if slot.state is not SlotState.QUARANTINED:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from foundry.contracts import (
     SlotState,
     WorkerState,
 )
+from foundry.hostid import worker_name
 from foundry.provision import provision
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
@@ -39,6 +39,7 @@ from healer.control import ControlServer
 from healer.deadletter import DeadLetters
 from healer.events import Emitter
 from healer.fleet import build_slots, run_dir, scalable_names, worker_slot
+from healer.leader import Leadership
 from healer.liveness import Liveness
 from healer.metrics import healer_registry
 from healer.operations import Operations
@@ -55,7 +56,7 @@ class HealerService:
     def __init__(self, settings: Settings, services: list[str], embedded: list[str]) -> None:
         self.settings = settings
         self.names = settings.names
-        self.host_name = socket.gethostname()
+        self.host_name = settings.host_id
         self.emit = Emitter(self.names, self.host_name)
         policy = RestartPolicy(
             max_restarts=settings.max_restarts,
@@ -73,7 +74,9 @@ class HealerService:
             max(settings.silence_timeout, 10.0),
             self._worker_slot,
         )
-        self.watch = Watch(self.supervisor, self.liveness, self.emit, settings.silence_timeout)
+        self.watch = Watch(
+            self.supervisor, self.liveness, self.emit, settings.silence_timeout, self.leading
+        )
         self.nc: NATS | None = None
         self.redis: aioredis.Redis | None = None
         self.actuator = HealerActuator(
@@ -92,16 +95,23 @@ class HealerService:
             self.watch,
             self.remediator,
             lambda: self.host_sample.to_json() if self.host_sample else None,
+            settings.host_id,
+            self.leading,
         )
         self.autoscaler = Autoscaler(settings.fleet_ranges, ScaleConfig.from_settings(settings))
         self._consumer_errors: set[str] = set()  # types whose consumer info last failed
-        self.control = ControlServer(self.names)
+        self.control = ControlServer(self.names, settings.host_id)
         self.control.route(ControlVerb.STATUS, self.operations.status)
         self.control.route(ControlVerb.HEAL, self.operations.heal)
         self.control.route(ControlVerb.RELEASE, self.operations.release)
         self.control.route(ControlVerb.CANCEL, self.operations.cancel)
         self.http_port: int | None = None
+        self.leadership: Leadership | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def leading(self) -> bool:
+        """Whether this healer does the cluster-wide duties now (it holds the leader lease)."""
+        return self.leadership is not None and self.leadership.held
 
     def _worker_slot(self, worker_id: str) -> Any:
         slot = self.supervisor.slots.get(worker_id)
@@ -123,6 +133,10 @@ class HealerService:
         self.emit.nc = self.nc
         self.redis = await connect_redis(self.settings)
         await provision(self.nc.jetstream(), self.settings)
+        self.leadership = Leadership(self.nc.jetstream(), self.settings)
+        await self.leadership.provision()
+        standing_down = asyncio.Event()  # set at stop: the lease is released, not cancelled
+        elect = asyncio.create_task(self.leadership.run(standing_down))
         store = TaskStore(
             self.redis,
             self.names,
@@ -137,6 +151,7 @@ class HealerService:
             self.settings.poison_kills,
             self.settings.max_deliver,
             self.emit,
+            self.leading,
         )
         self.watch.deadletters = deadletters
         self.operations.connected(self.nc, store, self.names)
@@ -154,7 +169,11 @@ class HealerService:
                 await sup.launch(slot)
         log.info("healer supervising %d slot(s); %s", len(sup.slots), self.settings.describe())
         unserved = UnservedTypes(
-            self.nc.jetstream(), self.names, deadletters, self.settings.unserved_grace
+            self.nc.jetstream(),
+            self.names,
+            deadletters,
+            self.settings.unserved_grace,
+            self.leading,
         )
         loops = [self.watch.run(), self._remediate(), unserved.run()]
         if self.autoscaler.ranges:
@@ -163,6 +182,11 @@ class HealerService:
             spawn(loop, self._tasks)
         await stop.wait()
         log.info("stopping: draining the fleet")
+        standing_down.set()
+        try:
+            await asyncio.wait_for(elect, 3.0)
+        except Exception as exc:
+            log.warning("leader lease not released cleanly: %r", exc)
         for task in list(self._tasks):
             task.cancel()
         await sup.shutdown(self.settings.drain_timeout + 2.0)
@@ -299,7 +323,7 @@ class HealerService:
             taken = {s.name for s in sup.slots.values()}
             index = 0
             for _ in range(decision.to_count - decision.from_count):
-                while f"{decision.agent_type}-{index}" in taken:
+                while worker_name(decision.agent_type, index, self.settings.host_id) in taken:
                     index += 1
                 slot = worker_slot(self.settings, decision.agent_type, index)
                 taken.add(slot.name)

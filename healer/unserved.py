@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -26,9 +27,15 @@ MAX_PER_ROUND = 1000  # dead letters moved per type per round (the next round go
 
 class UnservedTypes:
     def __init__(
-        self, js: JetStreamContext, names: Names, deadletters: DeadLetters, grace: float
+        self,
+        js: JetStreamContext,
+        names: Names,
+        deadletters: DeadLetters,
+        grace: float,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.js = js
+        self.leading = leading  # a cluster-wide duty: only the leader checks
         self.names = names
         self.deadletters = deadletters
         self.grace = grace
@@ -63,7 +70,11 @@ class UnservedTypes:
             return False
 
     async def check(self) -> int:
-        """One round; returns how many tasks were dead-lettered."""
+        """One round; returns how many tasks were dead-lettered (none unless leading: a
+        healer that is elected starts each type's grace afresh)."""
+        if not self.leading():
+            self.first_seen.clear()
+            return 0
         now = time.monotonic()
         unserved = {t for t in await self.waiting() if not await self.served(t)}
         for agent_type in list(self.first_seen):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -34,8 +35,11 @@ class Watch:
         liveness: Liveness,
         emit: Emitter,
         silence_timeout: float,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.supervisor = supervisor
+        # Other hosts' silent workers are a cluster-wide duty: the leader's alone.
+        self.leading = leading
         self.liveness = liveness
         self.emit = emit
         self.period = min(0.25, silence_timeout / 4)
@@ -61,7 +65,7 @@ class Watch:
             if silent is not None:
                 await self.kill_silent(slot, silent)
                 killed.append(slot.name)
-        for beat in self.liveness.silent_foreign():
+        for beat in self.liveness.silent_foreign() if self.leading() else ():
             if beat.in_flight and self.deadletters is not None:
                 evidence = {
                     "worker_id": beat.worker_id,

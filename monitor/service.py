@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -49,7 +48,7 @@ class Monitor:
     def __init__(self, settings: Settings, hostname: str | None = None) -> None:
         self.settings = settings
         self.names = settings.names
-        self.hostname = hostname or socket.gethostname()
+        self.hostname = hostname or settings.host_id
         # The healer subscribes to its own host name the same way (a dotted name spans tokens).
         self.subject = self.names.host(self.hostname)
         self.registry = CollectorRegistry()

@@ -144,6 +144,7 @@ def own_nats(tmp_path: Path) -> Iterator[AuthNats]:
 
 
 TEST_FLEET = {"coder": 1, "architect": 1, "executor": 1, "critic": 1, "deployer": 1}
+TEST_HOST = "host-a"  # FOUNDRY_HOST_ID of the tests' healers: their slots are <type>-<n>@host-a
 
 
 class ApiTokens:
@@ -222,6 +223,7 @@ def make_settings(
             "nats_url": nats_url,
             "redis_url": redis_url,
             "namespace": "t" + uuid.uuid4().hex[:10],
+            "host_id": TEST_HOST,
             "fleet": dict(TEST_FLEET),
             "data_dir": tmp_path / "data",
             "ack_wait": 5.0,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,7 +53,7 @@ def scale_settings(make_settings: Any, **kw: Any) -> Settings:
 @contextlib.asynccontextmanager
 async def host_samples(nc: NATS, settings: Settings, cpu: list[float]) -> AsyncIterator[None]:
     """Publish this host's sample every 0.2 s, as the monitor does; ``cpu[0]`` is read each time."""
-    host = socket.gethostname()
+    host = settings.host_id
 
     async def loop() -> None:
         while True:
@@ -107,7 +106,7 @@ async def test_a_backlog_adds_workers_and_an_idle_queue_takes_them_back_to_the_m
     ) as http:  # fmt: skip
         start_healer(procs, settings)
         first = await wait_running(nc, settings)
-        assert list(first) == ["echo-0"]
+        assert list(first) == ["echo-0@host-a"]
         # When 3,000 tasks arrive at once
         began = time.monotonic()
         await publish_backlog(js, settings, BACKLOG)
@@ -116,7 +115,7 @@ async def test_a_backlog_adds_workers_and_an_idle_queue_takes_them_back_to_the_m
         up = await eventually(lambda: events.of("scale", step="up"), 20)
         decided = time.monotonic()
         beat = await eventually(
-            lambda: next((b for b in events.beats if b["worker_id"] != "echo-0"), None), 20
+            lambda: next((b for b in events.beats if b["worker_id"] != "echo-0@host-a"), None), 20
         )
         heard = time.monotonic()
         assert beat["agent_type"] == "echo" and beat["worker_id"] in up[0]["added"]
@@ -128,7 +127,12 @@ async def test_a_backlog_adds_workers_and_an_idle_queue_takes_them_back_to_the_m
         await eventually(lambda: events.of("scale", step="up", to_count=4), 40)
         at_peak = await echo_slots(nc, settings)
         peaked = time.monotonic()
-        assert sorted(at_peak) == ["echo-0", "echo-1", "echo-2", "echo-3"]
+        assert sorted(at_peak) == [
+            "echo-0@host-a",
+            "echo-1@host-a",
+            "echo-2@host-a",
+            "echo-3@host-a",
+        ]
         assert await healer_target(http, settings) == 4
 
         async def desired() -> float | None:
@@ -146,9 +150,12 @@ async def test_a_backlog_adds_workers_and_an_idle_queue_takes_them_back_to_the_m
         down = events.of("scale", step="down")
         assert down and down[-1]["to_count"] == 1 and down[-1]["reason"] == "idle"
         retired = {name for e in down for name in e["retired"]}
-        assert retired == {"echo-1", "echo-2", "echo-3"}
+        assert retired == {"echo-1@host-a", "echo-2@host-a", "echo-3@host-a"}
         final = await echo_slots(nc, settings)
-        assert list(final) == ["echo-0"] and final["echo-0"]["pid"] == first["echo-0"]["pid"]
+        assert (
+            list(final) == ["echo-0@host-a"]
+            and final["echo-0@host-a"]["pid"] == first["echo-0@host-a"]["pid"]
+        )
         for name in retired:
             assert not events.of("relaunch", slot=name)  # retired, never relaunched
         assert max(e["to_count"] for e in events.of("scale")) <= 4
@@ -188,7 +195,7 @@ async def test_a_host_without_headroom_gets_no_new_workers_until_it_cools(
         await asyncio.sleep(2.0)  # several more checks
         assert len(events.of("scale", step="blocked")) == 1
         assert not events.of("scale", step="up")
-        assert list(await echo_slots(nc, settings)) == ["echo-0"]
+        assert list(await echo_slots(nc, settings)) == ["echo-0@host-a"]
         # When the host cools down, the backlog is served by more workers
         cpu[0] = 1.0
         up = await eventually(lambda: events.of("scale", step="up"), 20)

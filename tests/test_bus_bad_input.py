@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import time
 from typing import Any
 
@@ -21,17 +20,19 @@ from nats.aio.client import Client as NATS
 from foundry import codec
 from foundry.settings import Settings
 from tests.cluster import slots, start_healer, wait_running
-from tests.conftest import Gateway, eventually
+from tests.conftest import TEST_HOST, Gateway, eventually
 from tests.procs import ProcessGroup
 from tests.test_flow import submit, wait_task
 from tests.test_monitor import make_monitor, parse_metrics
 
 __all__ = ["make_monitor"]  # the fixture is used by name
 
-HOST = socket.gethostname()
+HOST = TEST_HOST
 
 
-def beat(worker_id: str = "coder-0", agent_type: str = "coder", **over: Any) -> dict[str, Any]:
+def beat(
+    worker_id: str = "coder-0@host-a", agent_type: str = "coder", **over: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "worker_id": worker_id,
         "agent_type": agent_type,
@@ -62,27 +63,27 @@ def hostile_heartbeats(real_pid: int) -> list[tuple[str, bytes]]:
     """(worker id in the subject, payload) pairs; all must be dropped."""
     shapes: list[tuple[str, Any]] = [
         ("x.y", {**beat("7"), "worker_id": 7, "slot": None, "pid": 1, "started_at": "x"}),
-        ("coder-0", beat(pid=0)),  # the forged-silence attack: a pid no one launched
-        ("coder-0", beat(pid=real_pid + 1)),  # someone else's pid for our slot
-        ("coder-0", beat(pid=real_pid, host="elsewhere")),  # our pid from another host
-        ("coder-0", beat(state="exploding")),
-        ("coder-0", beat(started_at=float("nan"))),
-        ("coder-0", beat(processed=10**30)),
-        ("coder-0", beat(in_flight=[entry()] * 5000)),
-        ("coder-0", beat(in_flight=[entry(reply="agents.control.heal")])),
-        ("coder-0", beat(in_flight=["not an object"])),
-        ("coder-0", beat(task_seconds_buckets=[1, 2, 3])),
+        ("coder-0@host-a", beat(pid=0)),  # the forged-silence attack: a pid no one launched
+        ("coder-0@host-a", beat(pid=real_pid + 1)),  # someone else's pid for our slot
+        ("coder-0@host-a", beat(pid=real_pid, host="elsewhere")),  # our pid from another host
+        ("coder-0@host-a", beat(state="exploding")),
+        ("coder-0@host-a", beat(started_at=float("nan"))),
+        ("coder-0@host-a", beat(processed=10**30)),
+        ("coder-0@host-a", beat(in_flight=[entry()] * 5000)),
+        ("coder-0@host-a", beat(in_flight=[entry(reply="agents.control.heal")])),
+        ("coder-0@host-a", beat(in_flight=["not an object"])),
+        ("coder-0@host-a", beat(task_seconds_buckets=[1, 2, 3])),
         ("someone-else", beat()),  # worker id disagrees with the subject
-        ("coder-0", [1, 2, 3]),
-        ("coder-0", "not json"),
+        ("coder-0@host-a", [1, 2, 3]),
+        ("coder-0@host-a", "not json"),
     ]
     out = []
     for subject_id, body in shapes:
         # the stdlib encoder writes what orjson refuses: NaN, integers past 64 bits
         raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         out.append((subject_id, raw))
-    out.append(("coder-0", b'{"worker_id": "coder-0", "pid": 1e400}'))
-    out.append(("coder-0", b"\xff\xfe"))
+    out.append(("coder-0@host-a", b'{"worker_id": "coder-0@host-a", "pid": 1e400}'))
+    out.append(("coder-0@host-a", b"\xff\xfe"))
     return out
 
 
@@ -102,7 +103,7 @@ async def test_malformed_and_forged_messages_are_dropped_and_counted(
     before = await wait_running(nc, settings)
     gw: Gateway = await make_gateway(settings)
     mon = await make_monitor(settings)
-    real_pid = int(before["coder-0"]["pid"])
+    real_pid = int(before["coder-0@host-a"]["pid"])
     running_id = "long-running-1"
     await submit(gw, agent_type="executor", description="x", task_id=running_id)
     assert (await wait_task(gw, running_id))["status"] == "completed"
@@ -135,7 +136,11 @@ async def test_malformed_and_forged_messages_are_dropped_and_counted(
     )
     assert reply["code"] == "bad_request" and "worker_id" in reply["error"]
     reply = codec.loads(
-        (await nc.request(names.control("release"), b'{"worker_id": "coder-0"}', timeout=5)).data
+        (
+            await nc.request(
+                names.control("release"), b'{"worker_id": "coder-0@host-a"}', timeout=5
+            )
+        ).data
     )
     assert reply["code"] == "conflict"
 
@@ -145,8 +150,8 @@ async def test_malformed_and_forged_messages_are_dropped_and_counted(
             assert resp.status == 200, (path, await resp.text())
     async with gw.http.get(gw.url("/api/cluster/agents/live")) as resp:
         agents = (await resp.json())["agents"]
-    assert {a["worker_id"] for a in agents} == {"coder-0", "executor-0"}
-    assert next(a for a in agents if a["worker_id"] == "coder-0")["pid"] == real_pid
+    assert {a["worker_id"] for a in agents} == {"coder-0@host-a", "executor-0@host-a"}
+    assert next(a for a in agents if a["worker_id"] == "coder-0@host-a")["pid"] == real_pid
 
     # and the monitor counted the rejections and still scrapes
     async def counted() -> dict[str, float]:
@@ -166,8 +171,8 @@ async def test_malformed_and_forged_messages_are_dropped_and_counted(
     # and the forged advisory dead-lettered nothing, the forged beats killed nothing
     assert (await wait_task(gw, running_id, wait=0))["status"] == "completed"
     now = await slots(nc, settings)
-    assert now["coder-0"]["pid"] == real_pid and now["coder-0"]["launches"] == 1
-    assert now["executor-0"]["launches"] == 1
+    assert now["coder-0@host-a"]["pid"] == real_pid and now["coder-0@host-a"]["launches"] == 1
+    assert now["executor-0@host-a"]["launches"] == 1
 
     # and the workers kept their concurrency (heartbeats say so)
     seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -177,7 +182,7 @@ async def test_malformed_and_forged_messages_are_dropped_and_counted(
         if not seen.done() and body.get("sent_at", 0) > time.time() - 1:
             seen.set_result(int(body["concurrency"]))
 
-    sub = await nc.subscribe(names.heartbeat("executor", "executor-0"), cb=on_beat)
+    sub = await nc.subscribe(names.heartbeat("executor", "executor-0@host-a"), cb=on_beat)
     assert await asyncio.wait_for(seen, 10) == settings.concurrency
     await sub.unsubscribe()
 
@@ -186,8 +191,8 @@ async def test_malformed_and_forged_messages_are_dropped_and_counted(
 
     async def relaunched() -> bool:
         current = await slots(nc, settings)
-        return current["coder-0"]["pid"] not in (None, real_pid) and (
-            current["coder-0"]["state"] == "running"
+        return current["coder-0@host-a"]["pid"] not in (None, real_pid) and (
+            current["coder-0@host-a"]["state"] == "running"
         )
 
     await eventually(relaunched, 20, interval=0.1)

@@ -88,16 +88,19 @@ async def test_healer_children_hold_only_their_secrets(
     # When each child's /proc/<pid>/environ is read
     env = {name: environ_of(slot["pid"]) for name, slot in current.items()}
     # Then the executor and the gateway hold no handler secret ...
-    for name in ("executor-0", "gateway"):
+    for name in ("executor-0@host-a", "gateway"):
         text = "\0".join(f"{k}={v}" for k, v in env[name].items())
         assert LLM_KEY not in text and HOOK_SECRET not in text and PARENT_KEY not in text, name
         assert "PATH" in env[name]
     # ... the llm worker holds the LLM key only ...
-    assert env["coder-0"]["FOUNDRY_LLM_API_KEY"] == LLM_KEY
-    assert HOOK_SECRET not in env["coder-0"].values() and "OPENAI_API_KEY" not in env["coder-0"]
+    assert env["coder-0@host-a"]["FOUNDRY_LLM_API_KEY"] == LLM_KEY
+    assert (
+        HOOK_SECRET not in env["coder-0@host-a"].values()
+        and "OPENAI_API_KEY" not in env["coder-0@host-a"]
+    )
     # ... and the custom worker what was granted to its type
-    assert env["reviewer-0"]["OPENAI_API_KEY"] == PARENT_KEY
-    assert "FOUNDRY_LLM_API_KEY" not in env["reviewer-0"]
+    assert env["reviewer-0@host-a"]["OPENAI_API_KEY"] == PARENT_KEY
+    assert "FOUNDRY_LLM_API_KEY" not in env["reviewer-0@host-a"]
 
 
 def test_compose_gives_handler_secrets_to_the_healer_only() -> None:

@@ -39,25 +39,31 @@ async def test_kill9_idle_worker_gets_a_new_pid_for_the_same_slot(
     start_healer(procs, settings)
     async with watch(nc, settings) as events:
         before = await wait_running(nc, settings)
-        old_pid = before["coder-0"]["pid"]
+        old_pid = before["coder-0@host-a"]["pid"]
         # When the idle worker of slot coder-0 is killed with SIGKILL
         killed_at = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
         # Then a new pid heartbeats for the same slot, and a relaunch event says why
         beat = await eventually(
             lambda: next(
-                (b for b in events.beats if b["worker_id"] == "coder-0" and b["pid"] != old_pid),
+                (
+                    b
+                    for b in events.beats
+                    if b["worker_id"] == "coder-0@host-a" and b["pid"] != old_pid
+                ),
                 None,
             ),
             20,
         )
         replaced_in = time.monotonic() - killed_at
-        relaunch = events.of("relaunch", slot="coder-0")
+        relaunch = events.of("relaunch", slot="coder-0@host-a")
         assert relaunch and relaunch[0]["old_pid"] == old_pid
         assert relaunch[0]["signal"] == signal.SIGKILL and relaunch[0]["reason"] == "exit"
         assert beat["slot"] == 0 and beat["agent_type"] == "coder"
         after = await slots(nc, settings)
-        assert after["coder-1"]["pid"] == before["coder-1"]["pid"]  # the other slot untouched
+        assert (
+            after["coder-1@host-a"]["pid"] == before["coder-1@host-a"]["pid"]
+        )  # the other slot untouched
         print(f"kill -9 → new heartbeat in {replaced_in:.3f}s")
 
 
@@ -107,21 +113,22 @@ async def test_sigstopped_slot_worker_is_killed_and_relaunched(
     settings = healer_settings(make_settings)
     start_healer(procs, settings)
     before = await wait_running(nc, settings)
-    pid = before["coder-0"]["pid"]
+    pid = before["coder-0@host-a"]["pid"]
     async with watch(nc, settings) as events:
         stopped_at = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
         beat = await eventually(
             lambda: next(
-                (b for b in events.beats if b["worker_id"] == "coder-0" and b["pid"] != pid), None
+                (b for b in events.beats if b["worker_id"] == "coder-0@host-a" and b["pid"] != pid),
+                None,
             ),
             30,
         )
         took = time.monotonic() - stopped_at
-        kill = events.of("kill_silent", slot="coder-0")
+        kill = events.of("kill_silent", slot="coder-0@host-a")
         assert kill and kill[0]["pid"] == pid
         assert kill[0]["silent_seconds"] >= settings.silence_timeout
-        relaunch = events.of("relaunch", slot="coder-0", reason="silent")
+        relaunch = events.of("relaunch", slot="coder-0@host-a", reason="silent")
         assert relaunch and relaunch[0]["detect_seconds"] >= settings.silence_timeout
         assert beat["pid"] != pid
         print(f"SIGSTOP → replaced in {took:.3f}s (silence timeout {settings.silence_timeout}s)")
@@ -162,7 +169,7 @@ async def test_kill9_under_load_loses_nothing(
     for _ in range(6):
         await asyncio.sleep(0.4)
         current = await slots(nc, settings)
-        pid = current[random.choice(["coder-0", "coder-1"])]["pid"]
+        pid = current[random.choice(["coder-0@host-a", "coder-1@host-a"])]["pid"]
         if pid:
             os.kill(pid, signal.SIGKILL)
             kills += 1
@@ -192,8 +199,8 @@ async def test_crash_loop_backs_off_then_quarantines_and_release_brings_it_back(
     async with watch(nc, settings) as events:
         start_healer(procs, settings, CRASHY_FLAG=str(flag))
         # Then the relaunches back off, growing, and the slot is quarantined with the error
-        quarantine = await eventually(lambda: events.of("quarantine", slot="coder-0"), 40)
-        relaunches = events.of("relaunch", slot="coder-0")
+        quarantine = await eventually(lambda: events.of("quarantine", slot="coder-0@host-a"), 40)
+        relaunches = events.of("relaunch", slot="coder-0@host-a")
         backoffs = [e["backoff_seconds"] for e in relaunches]
         assert backoffs == sorted(backoffs) and backoffs[0] == 0.0 and backoffs[-1] > 0
         times = [e["died_at"] for e in relaunches]
@@ -205,15 +212,15 @@ async def test_crash_loop_backs_off_then_quarantines_and_release_brings_it_back(
         # and it stays down, visible as quarantined
         async with gw.http.get(gw.url("/api/cluster/agents/live")) as resp:
             rows = {r["worker_id"]: r for r in (await resp.json())["agents"]}
-        assert rows["coder-0"]["status"] == "quarantined"
+        assert rows["coder-0@host-a"]["status"] == "quarantined"
         # When the cause is fixed and an operator releases the slot
         flag.unlink()
-        async with gw.http.post(gw.url("/api/cluster/workers/coder-0/release")) as resp:
+        async with gw.http.post(gw.url("/api/cluster/workers/coder-0@host-a/release")) as resp:
             assert resp.status == 200, await resp.text()
         # Then it comes back and heartbeats
         await wait_running(nc, settings)
-        assert events.of("release", slot="coder-0")
-        async with gw.http.post(gw.url("/api/cluster/workers/coder-0/release")) as resp:
+        assert events.of("release", slot="coder-0@host-a")
+        async with gw.http.post(gw.url("/api/cluster/workers/coder-0@host-a/release")) as resp:
             assert resp.status == 409
         async with gw.http.post(gw.url("/api/cluster/workers/nobody-9/release")) as resp:
             assert resp.status == 404
@@ -246,7 +253,7 @@ async def test_poison_task_is_dead_lettered_while_others_complete(
             assert (await wait_task(gw, tid, wait=30))["status"] == "completed"
         assert [e["task_id"] for e in events.of("poison")] == ["poison-1"]
         assert not events.of("quarantine")
-        assert (await slots(nc, settings))["coder-0"]["state"] != "quarantined"
+        assert (await slots(nc, settings))["coder-0@host-a"]["state"] != "quarantined"
         await wait_running(nc, settings)  # it may still be starting after the last death
     # and the dead-letter stream holds it with the evidence
     js = nc.jetstream()
@@ -282,7 +289,7 @@ async def test_heal_endpoints(
         assert resp.status == 503 and (await resp.json())["error"] == "healer_unavailable"
     start_healer(procs, settings)
     before = await wait_running(nc, settings)
-    os.kill(before["critic-0"]["pid"], signal.SIGKILL)
+    os.kill(before["critic-0@host-a"]["pid"], signal.SIGKILL)
     await eventually(lambda: _relaunched(nc, settings, before), 20)
     async with gw.http.post(gw.url("/api/cluster/heal")) as resp:
         body = await resp.json()
@@ -299,7 +306,7 @@ async def test_heal_endpoints(
     assert audit["kind"] == "heal.audit" and audit["action"] == "heal", audit
     assert audit["token"] == "test-admin" and audit["status"] == 200
     relaunch = next(e for e in hist["events"] if e["kind"] != "heal.audit")
-    assert relaunch["kind"] == "heal.relaunch" and relaunch["slot"] == "critic-0"
+    assert relaunch["kind"] == "heal.relaunch" and relaunch["slot"] == "critic-0@host-a"
     ats = [e["at"] for e in hist["events"]]
     assert ats == sorted(ats, reverse=True)
     async with gw.http.get(gw.url("/api/cluster/heal/history"), params={"limit": "0"}) as resp:
@@ -309,8 +316,8 @@ async def test_heal_endpoints(
 async def _relaunched(nc: NATS, settings: Settings, before: dict[str, Any]) -> bool:
     now = await slots(nc, settings)
     return bool(
-        now["critic-0"]["pid"] != before["critic-0"]["pid"]
-        and now["critic-0"]["state"] == "running"
+        now["critic-0@host-a"]["pid"] != before["critic-0@host-a"]["pid"]
+        and now["critic-0@host-a"]["state"] == "running"
     )
 
 
@@ -326,8 +333,8 @@ async def test_restarted_healer_never_duplicates_a_slot(
     start_healer(procs, settings)
     after = await wait_running(nc, settings)
     # Then the old workers were replaced, not duplicated
-    old_pids = [before[name]["pid"] for name in ("coder-0", "coder-1")]
-    for name, old in zip(("coder-0", "coder-1"), old_pids, strict=True):
+    old_pids = [before[name]["pid"] for name in ("coder-0@host-a", "coder-1@host-a")]
+    for name, old in zip(("coder-0@host-a", "coder-1@host-a"), old_pids, strict=True):
         assert after[name]["pid"] != old
     await eventually(lambda: not any(_alive(pid) for pid in old_pids), 10)
     async with watch(nc, settings) as events:

@@ -108,9 +108,9 @@ async def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
             # (what a worker counted after its last heartbeat dies with it: let the
             # heartbeats carrying all six completions reach Prometheus before the kill)
             await eventually(lambda: prom.query(COMPLETED_6), 30, interval=0.5)
-            victim = (await slots(nc, settings))["coder-0"]["pid"]
+            victim = (await slots(nc, settings))["coder-0@host-a"]["pid"]
             os.kill(victim, signal.SIGKILL)
-            await eventually(lambda: events.of("relaunch", slot="coder-0"), 30)
+            await eventually(lambda: events.of("relaunch", slot="coder-0@host-a"), 30)
         await wait_running(nc, settings, timeout=30)
 
         # Then what happened is in Prometheus ...

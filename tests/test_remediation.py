@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -171,7 +170,7 @@ async def test_dry_run_records_and_changes_nothing(
     assert {e["outcome"] for e in events.of("remediate")} == {"dry_run"}
     assert all(path.exists() for path in files.values())
     after = await slots(nc, settings)
-    assert after["coder-0"]["pid"] == before["coder-0"]["pid"]  # no recycle happened
+    assert after["coder-0@host-a"]["pid"] == before["coder-0@host-a"]["pid"]  # no recycle happened
 
 
 async def test_worker_over_max_rss_is_recycled_after_its_task_completes(
@@ -197,13 +196,13 @@ async def test_worker_over_max_rss_is_recycled_after_its_task_completes(
     # Then it is recycled only after the in-flight task completed, and comes back
     rec = await wait_task(gw, "grow-1", wait=10)
     assert rec["status"] == "completed" and rec["attempts"] == 1, procs.logs()
-    assert rec["result"]["pid"] == before["coder-0"]["pid"]
+    assert rec["result"]["pid"] == before["coder-0@host-a"]["pid"]
     remediate = events.of("remediate", policy="memory")
     assert remediate[0]["outcome"] == "done" and remediate[0]["before"]["rss_bytes"] > 160 << 20
-    assert relaunch[0]["old_pid"] == before["coder-0"]["pid"]
+    assert relaunch[0]["old_pid"] == before["coder-0@host-a"]["pid"]
     assert rec["finished_at"] <= relaunch[0]["at"]
     after = await wait_running(nc, settings)
-    assert after["coder-0"]["pid"] != before["coder-0"]["pid"]
+    assert after["coder-0@host-a"]["pid"] != before["coder-0@host-a"]["pid"]
 
 
 async def test_killed_embedded_redis_is_restarted_and_tasks_keep_completing(
@@ -243,7 +242,7 @@ async def test_hot_cpu_throttles_the_busiest_type_and_restores_it(
         cpu_samples=2,
         concurrency=8,
     )
-    host = socket.gethostname()
+    host = settings.host_id
 
     async def publish(cpu: float) -> None:
         sample = HostSample(host, time.time(), cpu, 0.1, memory_percent=1.0, swap_percent=0.0)

@@ -79,18 +79,22 @@ async def test_the_page_in_a_browser_follows_the_cluster_live(
         # Then it lists every worker with its pid, and the token left the address bar
         rows = await page.wait_for(f"(r => r.length === 3 && r.every(w => /^[0-9]+$/.test(w.pid)) "
                                    f"&& r)({ROWS})", 20)  # fmt: skip
-        assert sorted(r["id"] for r in rows) == ["coder-0", "coder-1", "executor-0"]
+        assert sorted(r["id"] for r in rows) == [
+            "coder-0@host-a",
+            "coder-1@host-a",
+            "executor-0@host-a",
+        ]
         assert "token" not in await page.evaluate("location.href")
         assert await page.evaluate("sessionStorage.getItem('foundry-token')") == api_tokens.admin
         await page.wait_for("document.getElementById('live').textContent === 'live'", 10)
         # When a worker is killed with SIGKILL
-        victim = (await slots(nc, settings))["coder-1"]["pid"]
+        victim = (await slots(nc, settings))["coder-1@host-a"]["pid"]
         shown = f"String({victim})"
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         # Then the page shows the relaunch within 2 s: a new pid, and the heal event
         await page.wait_for(
-            f"({ROWS}).some(w => w.id === 'coder-1' && w.pid !== {shown} "
+            f"({ROWS}).some(w => w.id === 'coder-1@host-a' && w.pid !== {shown} "
             "&& w.status.includes('relaunched'))", 10,
         )  # fmt: skip
         took = time.monotonic() - killed

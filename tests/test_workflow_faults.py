@@ -103,7 +103,7 @@ async def _kill_all_three(
 ) -> tuple[dict[str, Any], dict[str, Any], float, float]:
     # When the coder worker is killed while its step runs
     await asyncio.wait_for(llm.event("kilo", "coder").wait(), 60)
-    os.kill((await slots(nc, settings))["coder-0"]["pid"], signal.SIGKILL)
+    os.kill((await slots(nc, settings))["coder-0@host-a"]["pid"], signal.SIGKILL)
     # and the leading orchestrator while the critic works (its step finishes with no
     # leader listening), and the gateway right after
     await asyncio.wait_for(llm.event("kilo", "critic").wait(), 60)

@@ -18,8 +18,6 @@ import asyncio
 import collections
 import logging
 import os
-import re
-import socket
 import time
 from typing import Any
 
@@ -51,8 +49,9 @@ Held = tuple[Msg, InFlightEntry]
 
 
 def default_worker_id(agent_type: str, host: str, pid: int) -> str:
-    """``<type>-<host>-<pid>`` with the host made a single subject token."""
-    return f"{agent_type}-{re.sub(r'[^A-Za-z0-9_-]', '_', host)[:64]}-{pid}"
+    """``<type>-pid<pid>@<host>`` for a worker started without a healer slot (the host is
+    already a subject token: foundry.hostid)."""
+    return f"{agent_type}-pid{pid}@{host}"
 
 
 class Worker:
@@ -73,7 +72,7 @@ class Worker:
         self.agent_type = agent_type
         self.handler = handler
         self.concurrency = self.default_concurrency = concurrency or settings.concurrency
-        self.host = socket.gethostname()
+        self.host = settings.host_id
         self.worker_id = worker_id or default_worker_id(agent_type, self.host, os.getpid())
         self.slot = slot
         self.state = WorkerState.STARTING

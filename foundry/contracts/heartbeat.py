@@ -18,8 +18,9 @@ from foundry.contracts.task import TASK_ID_RE
 from foundry.histogram import TASK_SECONDS_BOUNDS
 from foundry.names import AGENT_TYPE_RE
 
-# A worker id is one subject token: no dots, no wildcards.
-WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:/-]{0,127}$")
+# A worker id is one subject token: no dots, no wildcards. The healer's are
+# ``<type>-<index>@<host>`` (foundry.hostid), unique across the cluster.
+WORKER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:/@-]{0,127}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 ACK_SUBJECT_RE = re.compile(r"^\$JS\.ACK\.[A-Za-z0-9_.:@-]{1,240}$")  # @: a lane
 MAX_IN_FLIGHT = 4096
