@@ -15,6 +15,7 @@ FOUNDRY_RATE_WAIT_MAX hands the task back for a later delivery (never fails it).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,9 +59,11 @@ def duration(text: str | None) -> float | None:
     if not text:
         return None
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     match = _DURATION.fullmatch(text)
     if match is None:
         return None
@@ -72,9 +75,10 @@ def duration(text: str | None) -> float | None:
 def retry_after(headers: Mapping[str, str], cap: float) -> float | None:
     """A ``Retry-After`` given in seconds, at most ``cap``; None when absent or unreadable."""
     try:
-        return min(max(0.0, float(headers.get("Retry-After", ""))), cap)
+        seconds = float(headers.get("Retry-After", ""))
     except ValueError:
         return None
+    return min(max(0.0, seconds), cap) if not math.isnan(seconds) else None
 
 
 def provider_answer(status: int, headers: Mapping[str, str]) -> ProviderAnswer:
