@@ -213,6 +213,11 @@ def tasks() -> list[Panel]:
                 "{{agent_type}} ack pending"),
                (f"max by (agent_type) (foundry_queue_redelivered{T})",
                 "{{agent_type}} redelivered")),
+        series("Queue depth by priority lane",
+               (f"max by (agent_type, priority) (foundry_queue_lane_pending{T})",
+                "{{agent_type}} {{priority}}"),
+               description="Tasks waiting for a first delivery in each priority lane "
+                           "(high, normal, low) of each type."),
         series("Failures by type",
                (f"sum by (agent_type) (increase(foundry_tasks_failed_total{T}{RI}))",
                 "{{agent_type}}"), bars=True),
