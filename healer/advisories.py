@@ -55,7 +55,6 @@ class Advisories:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
         self.store = store
         self.names = names
         self.max_deliver = max_deliver
@@ -137,7 +136,7 @@ class Advisories:
     async def _confirmed_attempts(self, seq: int) -> int | None:
         """The recorded attempts of the task stored at ``seq``, or None when it is not there."""
         try:
-            raw = await self.js.get_msg(self.names.tasks_stream, seq)
+            raw = await self.nc.jetstream().get_msg(self.names.tasks_stream, seq)
         except NotFoundError:
             return None
         except Exception as exc:
