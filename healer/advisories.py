@@ -26,7 +26,6 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
 from foundry import codec
@@ -63,11 +62,9 @@ class Advisories:
         self.keep_seconds = keep_seconds
         self.clock = clock
         self.kept: deque[tuple[float, MaxDeliveriesAdvisory]] = deque(maxlen=KEEP_MAX)
-        self.replayed = 0  # kept advisories acted on after an election
-        self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(self.names.max_deliveries_advisory(), cb=self._on_msg)
+        await self.nc.subscribe(self.names.max_deliveries_advisory(), cb=self._on_msg)
 
     async def _on_msg(self, msg: Msg) -> None:
         advisory = REJECTIONS.parse(lambda: MaxDeliveriesAdvisory.from_payload(msg.data))
@@ -103,7 +100,6 @@ class Advisories:
         for advisory in batch:
             if await self.act(advisory, kept=True):
                 acted += 1
-        self.replayed += acted
         if batch:
             log.info("took the lease: %d kept advisory(ies), %d dead-lettered", len(batch), acted)
         return acted
@@ -147,11 +143,6 @@ class Advisories:
         except CacheUnavailable:
             return None
         return record.attempts if record is not None else None
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
 
 
 def task_id_of(headers: dict[str, str] | None, payload: bytes, seq: int) -> str:

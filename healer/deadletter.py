@@ -4,7 +4,7 @@ When a worker dies holding tasks, each is nak'ed through its own ack subject,
 so it is redelivered at once instead of after ``ack_wait``. A task that was in
 flight at ``FOUNDRY_POISON_KILLS`` deaths is moved to ``AGENT_DEAD`` with the
 evidence; so is a task that exhausted ``max_deliver``, once the server confirms
-it (the advisory alone is only a claim).
+it (the advisory alone is only a claim: :mod:`healer.advisories`).
 
 Nothing here trusts the bus: an ack subject is used only when it belongs to the
 type's own consumer and names the delivery it was listed with, and an advisory
