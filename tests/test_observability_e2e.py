@@ -117,6 +117,7 @@ async def test_every_dashboard_panel_returns_data_on_foundry_ups_defaults(
             finals = {tid: await http.final(tid) for _, tid in ids}
             expected = {"coder": "completed", "critic": "failed", "deployer": "dead"}
             assert all(finals[tid] == expected[t] for t, tid in ids), (finals, up.log())
+            assert len(llm.requests) == CODERS + 1  # each coder task, and the throttled try
             for args in (("cancel", "later-1"), ("replay", "deployer-0")):
                 out = await asyncio.to_thread(up.cli, *args)
                 assert out.returncode == 0, (args, out.stdout, out.stderr)
@@ -124,8 +125,13 @@ async def test_every_dashboard_panel_returns_data_on_foundry_ups_defaults(
             # (what a worker counted after its last heartbeat dies with it: let the
             # heartbeats carrying all its completions reach Prometheus before the kill)
             await eventually(lambda: prom.query(COMPLETED), 30, interval=0.5)
-            os.kill(await http.pid("coder-0@"), signal.SIGKILL)
-            await eventually(lambda: _all_healthy(http, 4), 30, interval=0.3)
+            victim = await http.pid("coder-0@")
+            os.kill(victim, signal.SIGKILL)
+
+            async def replaced() -> bool:
+                return await http.pid("coder-0@") != victim and await _all_healthy(http, 4)
+
+            await eventually(replaced, 30, interval=0.3)
             up.note_children()
 
             # Then what happened is in Prometheus, the nats-server figures included ...
