@@ -30,6 +30,7 @@ HEADERS = {
 ASSETS = {
     "/": ("index.html", "text/html"),
     "/static/app.js": ("app.js", "text/javascript"),
+    "/static/hosts.js": ("hosts.js", "text/javascript"),
     "/static/style.css": ("style.css", "text/css"),
 }
 PAGE_PATHS = frozenset(ASSETS)
@@ -41,6 +42,6 @@ def _read(name: str) -> bytes:
 
 
 async def asset(request: web.Request) -> web.Response:
-    """GET /, /static/app.js, /static/style.css"""
+    """GET /, /static/app.js, /static/hosts.js, /static/style.css"""
     name, media_type = ASSETS[request.path]
     return web.Response(body=_read(name), content_type=media_type, charset="utf-8", headers=HEADERS)

@@ -156,6 +156,7 @@ ROUTES: tuple[Route, ...] = (
           params=(tasks.TASK_ID, stream.RESUME), description=STREAM_HELP),
     _page_route("/", "statusPage", "text/html"),
     _page_route("/static/app.js", "statusPageScript", "text/javascript"),
+    _page_route("/static/hosts.js", "statusPageHostsScript", "text/javascript"),
     _page_route("/static/style.css", "statusPageStyle", "text/css"),
     Route("POST", "/api/cluster/workflows", workflows.start, SUBMIT, "startWorkflow",
           "Start a workflow (scope submit: its steps are tasks of several types); a retried "

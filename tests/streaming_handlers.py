@@ -11,7 +11,9 @@ from workers import RetryableError, TaskContext
 
 async def chatter(ctx: TaskContext) -> dict[str, Any]:
     """Emit ``chunks`` lines ``delay`` apart on stdout; with ``fail_first``, attempt 1 asks
-    for a retry after its output, so a watcher sees a void attempt, then the good one."""
+    for a retry after its output, so a watcher sees a void attempt, then the good one; with
+    ``until_replayed``, every attempt asks for a retry unless the task is a dead letter's
+    replay (its id ends ``.replay-<n>``), so it reaches FOUNDRY_MAX_DELIVER."""
     spec = ctx.input if isinstance(ctx.input, dict) else {}
     chunks, delay = int(spec.get("chunks", 3)), float(spec.get("delay", 0.05))
     for n in range(chunks):
@@ -19,6 +21,8 @@ async def chatter(ctx: TaskContext) -> dict[str, Any]:
         await asyncio.sleep(delay)
     if spec.get("stderr"):
         await ctx.emit(str(spec["stderr"]), "stderr")
+    if spec.get("until_replayed") and ".replay-" not in ctx.task_id:
+        raise RetryableError("not until replayed", delay=0.05)
     if spec.get("fail_first") and ctx.attempt == 1:
         raise RetryableError("try again", delay=0.1)
     return {"chunks": chunks, "attempt": ctx.attempt}

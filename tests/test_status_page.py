@@ -1,7 +1,8 @@
 """The status page: served without a token under a strict CSP, and in a real headless
 Chromium against a real cluster: every worker listed, a kill -9 shown as a relaunch within
 2 s, heal, submit-and-watch, a running task cancelled, a crash-looping slot shown quarantined
-and released with its button, the token never in a URL."""
+and released with its button, a dead letter replayed with its button, the host bars per
+host, the token never in a URL."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ ROWS = (
 async def test_the_page_is_public_static_and_locked_down(gateway: Gateway) -> None:
     async with ClientSession() as anon:  # no token
         for path, kind in (("/", "text/html"), ("/static/app.js", "text/javascript"),
+                           ("/static/hosts.js", "text/javascript"),
                            ("/static/style.css", "text/css")):  # fmt: skip
             async with anon.get(gateway.url(path)) as resp:
                 assert resp.status == 200 and resp.content_type == kind, path
@@ -72,7 +74,7 @@ async def test_the_page_in_a_browser_follows_the_cluster_live(
         handlers={"coder": "tests.streaming_handlers:chatter", "executor": "echo",
                   "critic": "tests.crashy:handler"},
         gateway_port=free_port(), healer_port=free_port(), monitor_port=free_port(),
-        host_interval=0.5, max_restarts=2,
+        host_interval=0.5, max_restarts=2, max_deliver=2,
     )  # fmt: skip
     start_healer(procs, settings, "--services", "gateway,monitor", CRASHY_FLAG=str(flag))
     await wait_running(nc, settings, 45)
@@ -128,7 +130,12 @@ async def test_the_page_in_a_browser_follows_the_cluster_live(
         output = await page.evaluate("document.getElementById('w-output').textContent")
         assert output == "".join(f"attempt 1 line {n}\n" for n in range(5))
         # and the host bars have a sample
-        await page.wait_for("document.getElementById('v-cpu').textContent.endsWith('%')", 10)
+        await page.wait_for(
+            "(e => e && e.textContent.endsWith('%'))(document.querySelector("
+            "'#host-list .host[data-host=\"host-a\"] .v-cpu'))", 10,
+        )  # fmt: skip
+        head = "document.querySelector('#host-list .host[data-host=\"host-a\"]').textContent"
+        await page.wait_for(f"{head}.includes('4 of 4 healthy · healer running')", 10)
         shot = tmp_path / "status-page.png"
         await page.screenshot(shot)
         # When cancel is pressed for the finished task, the gateway's answer is shown
@@ -154,6 +161,7 @@ async def test_the_page_in_a_browser_follows_the_cluster_live(
             "cancel: cancelling"
         )
         await _quarantine_and_release(page, nc, settings, flag)
+        await _dead_letter_replayed(page, base, api_tokens.admin)
         assert page.errors == []
     assert shot.stat().st_size > 10_000
     if os.environ.get("FOUNDRY_UPDATE_SCREENSHOT") == "1":
@@ -192,6 +200,35 @@ async def _quarantine_and_release(page: Page, nc: Any, settings: Settings, flag:
     assert await page.evaluate(f"{button} === null")
     await page.wait_for("document.getElementById('c-quarantined').textContent === '0'", 10)
     await page.wait_for("document.getElementById('heal-list').textContent.includes('release')", 10)
+
+
+async def _dead_letter_replayed(page: Page, base: str, token: str) -> None:
+    # When a task is retried until it reaches FOUNDRY_MAX_DELIVER (it succeeds only as a
+    # replay)
+    body = {"agent_type": "coder", "description": "works once replayed",
+            "input": {"until_replayed": True, "chunks": 1, "delay": 0}}  # fmt: skip
+    auth = {"Authorization": f"Bearer {token}"}
+    async with ClientSession(headers=auth) as http:
+        async with http.post(f"{base}/api/cluster/task/submit", json=body) as resp:
+            assert resp.status == 202, await resp.text()
+            task_id = (await resp.json())["task_id"]
+    # Then the page lists it among the dead letters with a replay button
+    button = f"document.querySelector('#dead-rows tr[data-task=\"{task_id}\"] button.replay')"
+    await page.wait_for(f"{button} !== null", 30)
+    # When the button is pressed, the replay runs under its lineage id and is watched
+    await page.evaluate(f"{button}.click()")
+    replayed = f"{task_id}.replay-1"
+    await page.wait_for(
+        f"document.getElementById('dead-result').textContent === "
+        f"'replayed {task_id} as {replayed}'", 10,
+    )  # fmt: skip
+    await page.wait_for(f"document.getElementById('w-id').textContent === '{replayed}'", 10)
+    await page.wait_for("document.getElementById('w-status').textContent === 'completed'", 20)
+    # and the letter's row now points at the replay instead of offering the button again
+    await page.wait_for(
+        f"(e => e && e.textContent === '→ {replayed}')(document.querySelector("
+        f"'#dead-rows tr[data-task=\"{task_id}\"] .replayed'))", 20,
+    )  # fmt: skip
 
 
 async def test_a_page_without_a_token_asks_for_one(gateway: Gateway) -> None:

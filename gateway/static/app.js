@@ -131,13 +131,6 @@ function duration(seconds) {
 
 const megabytes = (bytes) => (bytes ? (bytes / 1048576).toFixed(0) + " MB" : "–");
 
-function setBar(bar, value, label) {
-  const pct = typeof value === "number" ? Math.max(0, Math.min(100, value)) : 0;
-  $(bar).style.width = pct + "%";
-  $(bar).className = pct >= 90 ? "hot" : pct >= 75 ? "warm" : "";
-  $(label).textContent = typeof value === "number" ? value.toFixed(0) + " %" : "–";
-}
-
 // worker id -> {at, oldPid, newPid} of the latest relaunch event: until the new process's
 // heartbeat reaches the table, the row shows the new pid the event announced
 const relaunched = new Map();
@@ -183,11 +176,7 @@ function renderStatus(s) {
   $("c-healthy").textContent = s.healthy_workers;
   $("c-unhealthy").textContent = s.unhealthy_workers;
   $("c-quarantined").textContent = s.quarantined_workers;
-  const host = s.host || {};
-  $("host-name").textContent = host.host ? "· " + host.host : "(no sample yet)";
-  setBar("b-cpu", host.cpu_percent, "v-cpu");
-  setBar("b-mem", host.memory_percent, "v-mem");
-  setBar("b-disk", host.disk_percent, "v-disk");
+  renderHosts(s.hosts || {});
   const q = $("queue-rows");
   q.textContent = "";
   for (const [type, row] of Object.entries(s.queues || {})) {
@@ -265,6 +254,7 @@ async function refresh() {
 
 function onHealEvent(name, e) {
   addHealEvent(e);
+  if (e.kind === "heal.dead_letter" || e.kind === "heal.poison") refreshDead();
   if (e.kind === "heal.relaunch" && e.slot) {
     relaunched.set(e.slot, { at: Date.now(), oldPid: e.old_pid, newPid: e.new_pid });
     const row = document.querySelector('tr[data-worker="' + CSS.escape(e.slot) + '"]');
@@ -377,6 +367,7 @@ function start() {
   notice("");
   refresh();
   stream("/api/cluster/events?kind=heal", (name, data) => onHealEvent(name, data), setLive);
+  startDeadLetters();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
