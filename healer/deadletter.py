@@ -1,7 +1,10 @@
 """Redelivery on behalf of dead workers, poison tasks, and the dead-letter stream.
 
 When a worker dies holding tasks, each is nak'ed through its own ack subject,
-so it is redelivered at once instead of after ``ack_wait``. A task that was in
+so it is redelivered at once instead of after ``ack_wait``. The nak is a request
+the consumer answers; while nobody answers (the consumer's leader was on a node
+that was lost and an election is under way) it is sent again, in the background,
+for up to ``ack_wait``, after which the server redelivers by itself. A task that was in
 flight at ``FOUNDRY_POISON_KILLS`` deaths is moved to ``AGENT_DEAD`` with the
 evidence; so is a task that exhausted ``max_deliver``, once the server confirms
 it (the advisory alone is only a claim).
@@ -14,6 +17,7 @@ is acted on only when the message exists and its recorded attempts reached
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -38,11 +42,14 @@ from foundry.contracts import (
 from foundry.errors import CacheUnavailable
 from foundry.names import Names
 from foundry.rejections import REJECTIONS
+from foundry.runtime import spawn
 from foundry.store import TaskStore
 
 log = logging.getLogger(__name__)
 Emit = Callable[..., Awaitable[None]]
 KILLS_TTL = 3600.0  # forget kill evidence older than this
+NAK_TIMEOUT = 1.0  # a consumer answers a nak within milliseconds
+NAK_RETRY = 0.25
 
 
 def ack_target(reply: str) -> tuple[str, str, int] | None:
@@ -69,8 +76,10 @@ class DeadLetters:
         max_deliver: int,
         emit: Emit,
         leading: Callable[[], bool] = lambda: True,
+        nak_within: float = 30.0,
     ) -> None:
         self.nc = nc
+        self.nak_within = nak_within
         # Advisories reach every healer; only the leader (cluster-wide duty) acts on them.
         self.leading = leading
         self.js = nc.jetstream()
@@ -80,6 +89,7 @@ class DeadLetters:
         self.max_deliver = max_deliver
         self.emit = emit
         self.kills: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self._naks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         await self.nc.subscribe(self.names.max_deliveries_advisory(), cb=self._on_max_deliveries)
@@ -105,8 +115,20 @@ class DeadLetters:
         return False
 
     async def _nak(self, entry: InFlightEntry) -> None:
-        with contextlib.suppress(Exception):
-            await self.nc.publish(entry.reply, b"-NAK")
+        spawn(self._nak_until_answered(entry.reply), self._naks)
+
+    async def _nak_until_answered(self, reply: str) -> bool:
+        """Nak until the consumer answers (True), for at most ``nak_within`` seconds."""
+        deadline = time.monotonic() + self.nak_within
+        while True:
+            try:
+                await self.nc.request(reply, b"-NAK", timeout=NAK_TIMEOUT)
+                return True
+            except Exception as exc:  # no responders, timed out, reconnecting
+                if time.monotonic() + NAK_RETRY > deadline:
+                    log.warning("nak of %s unanswered for %.0fs: %r", reply, self.nak_within, exc)
+                    return False
+                await asyncio.sleep(NAK_RETRY)
 
     async def worker_died(
         self, agent_type: str, in_flight: list[InFlightEntry], evidence: dict[str, Any]

@@ -152,6 +152,7 @@ class HealerService:
             self.settings.max_deliver,
             self.emit,
             self.leading,
+            nak_within=self.settings.ack_wait,
         )
         self.watch.deadletters = deadletters
         self.operations.connected(self.nc, store, self.names)

@@ -115,6 +115,9 @@ class Loader:
     rate: float
     sleep: float
     acked: dict[str, float] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    not_acked: list[str] = field(default_factory=list)
+    took: dict[str, float] = field(default_factory=dict)  # seconds until stored
     report: LoadReport = field(default_factory=lambda: LoadReport(0))
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: asyncio.Task[None] | None = None
@@ -138,9 +141,12 @@ class Loader:
             body = codec.dumps(
                 {"description": "load", "input": {"sleep": self.sleep, "marks": str(self.marks)}}
             )
-            sent = time.time()
+            sent = self.started[task_id] = time.time()
             if await publish_retrying(nc, subject, task_id, body, 30.0, self.report):
                 self.acked[task_id] = sent
+                self.took[task_id] = time.time() - sent
+            else:
+                self.not_acked.append(task_id)
 
         try:
             began, n = time.monotonic(), 0
@@ -157,8 +163,19 @@ class Loader:
         finally:
             await nc.close()
 
-    def published(self, since: float, until: float) -> list[str]:
-        return [t for t, at in self.acked.items() if since <= at < until]
+    async def published(self, since: float, until: float) -> list[str]:
+        """The tasks whose publish began in [since, until) and was stored, once every such
+        publish is stored or has given up (each retries for up to 30 s)."""
+        window = [t for t, at in list(self.started.items()) if since <= at < until]
+        deadline = time.monotonic() + 40
+        while any(t not in self.acked and t not in self.not_acked for t in window):
+            assert time.monotonic() < deadline, "publishes neither stored nor given up"
+            await asyncio.sleep(0.2)
+        return [t for t in window if t in self.acked]
+
+    def slowest(self, ids: list[str]) -> float:
+        """The longest any of ``ids`` took to be stored (retries included)."""
+        return round(max((self.took[t] for t in ids), default=0.0), 2)
 
     def runs(self) -> Counter[str]:
         """Task id → how many times a handler ran it (one mark file per run)."""
