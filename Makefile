@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); \
 	  else exit 1; fi; }
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint,otlp]'
 	@touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint,bench]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lint,otlp,bench]'
 	@touch $(BENCH_STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,5 @@
-"""TLS material made at run time: a CA and a server certificate for 127.0.0.1 / localhost.
+"""TLS material made at run time: a CA and the certificates it signs (127.0.0.1 / localhost
+by default; the suite's TLS tests use it too).
 
 The TLS throughput phase serves NATS with these; clients trust the CA through
 ``FOUNDRY_NATS_TLS_CA``. Keys are EC P-256, written 0600; everything lives in the
@@ -9,9 +10,11 @@ nats-server really are TLS (its ``/connz`` monitoring endpoint).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -25,36 +28,74 @@ from foundry.secrets import private_dir, write_private
 from foundry.servers import find_redis_server
 
 
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
+@dataclasses.dataclass(frozen=True)
+class Authority:
+    """A certificate authority made here: it signs leaf certificates for given addresses."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def new(cls, name: str) -> Authority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        return cls(_build(_name(name), _name(name), key.public_key(), key, ca=True), key)
+
+    def write(self, path: Path) -> Path:
+        """The CA certificate (public) at ``path``."""
+        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def issue(
+        self,
+        folder: Path,
+        stem: str,
+        subject: str,
+        addresses: Sequence[str] = ("127.0.0.1",),
+        dns: Sequence[str] = ("localhost",),
+    ) -> TlsFiles:
+        """A leaf certificate for ``addresses`` and ``dns`` names, written as
+        ``<stem>.pem`` and ``<stem>-key.pem`` (0600) in ``folder`` (``ca`` left empty)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+        cert = _build(_name(subject), self.cert.subject, key.public_key(), self.key, sans=sans)
+        (folder / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_private(folder / f"{stem}-key.pem", pem.decode())
+        return TlsFiles(str(folder / f"{stem}.pem"), str(folder / f"{stem}-key.pem"))
+
+
+def _name(text: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+
+def _build(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    signing_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool = False,
+    sans: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
-    if issuer is not None:
-        sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    return builder.sign(signing_key, hashes.SHA256())
 
 
 def make_server_tls(folder: Path) -> TlsFiles:
@@ -64,14 +105,9 @@ def make_server_tls(folder: Path) -> TlsFiles:
     authenticate with their role's user and password, as without TLS).
     """
     private_dir(folder)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("foundry bench CA", ca_key, None, ca_key)
-    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = _cert("foundry bench nats-server", key, ca, ca_key)
-    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    write_private(folder / "server-key.pem", _key_pem(key))
-    return TlsFiles(str(folder / "server.pem"), str(folder / "server-key.pem"))
+    authority = Authority.new("foundry bench CA")
+    authority.write(folder / "ca.pem")
+    return authority.issue(folder, "server", "foundry bench nats-server")
 
 
 def ca_path(tls: TlsFiles) -> str:

@@ -27,6 +27,11 @@ passwords of the workers it launches (``FOUNDRY_NATS_ROLE_PASSWORDS``). A servic
 with ``set -a && . /data/secrets/<role>.env && set +a && exec python -m <role>``, so no
 secret is in compose.yaml or in the container's configured environment.
 
+With ``--nats-cluster-hosts nats-1,nats-2,nats-3`` each role also gets
+``<role>.cluster.env``: the same variables with ``FOUNDRY_NATS_URL`` listing the three
+nodes (that role's user on each) and ``FOUNDRY_STREAM_REPLICAS=3``. Compose's
+``cluster`` profile sources it instead (``COMPOSE_PROFILES=cluster``).
+
 Idempotent: a second run reuses every password and token; a new agent type in
 ``FOUNDRY_FLEET`` adds its user (restart nats to load it). Exit codes: 0 done, 2 bad
 arguments or settings.
@@ -64,6 +69,10 @@ ENV_HEADER = """\
 {role}'s connections in docker compose, sourced by its command:
   set -a && . /data/secrets/{role}.env && set +a && exec python -m {role}
 Written by python -m foundry.composeinit; keep it private."""
+CLUSTER_ENV_HEADER = """\
+{role}'s connections in docker compose's cluster profile (three NATS nodes, R3 streams),
+sourced by its command instead of {role}.env when COMPOSE_PROFILES=cluster.
+Written by python -m foundry.composeinit; keep it private."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,10 @@ class Layout:
     def role_env(self, role: str) -> Path:
         return self.root / role / "secrets" / f"{role}.env"
 
+    def cluster_env(self, role: str) -> Path:
+        """``<role>.env`` for the services of the three-node NATS cluster profile."""
+        return self.root / role / "secrets" / f"{role}.cluster.env"
+
     @property
     def api_tokens(self) -> Path:
         return self.root / "gateway" / "secrets" / "api-tokens.jsonl"
@@ -115,12 +128,14 @@ class Targets:
     listen_host: str = "0.0.0.0"  # what nats-server and redis-server bind
     nats_store: Path = Path("/data")  # the JetStream store, in the nats container
     redis_dir: Path = Path("/data")  # redis's data folder, in the redis container
+    nats_cluster_hosts: tuple[str, ...] = ()  # the cluster profile's nodes (same port)
 
     def __post_init__(self) -> None:
         for flag, host in (
             ("--nats-host", self.nats_host),
             ("--redis-host", self.redis_host),
             ("--listen-host", self.listen_host),
+            *(("--nats-cluster-hosts", h) for h in self.nats_cluster_hosts),
         ):
             if not _HOST_RE.fullmatch(host):
                 raise ConfigError(f"{flag}: {host!r} is not a host name or IPv4 address")
@@ -181,6 +196,14 @@ def compose_init(root: Path, settings: Settings, targets: Targets) -> bool:
     for role in SERVICE_ROLES:
         text = env_text(role_entries(cluster, role, workers), ENV_HEADER.format(role=role))
         write_private(layout.role_env(role), text)
+    if targets.nats_cluster_hosts:
+        nodes = ",".join(f"nats://{h}:{targets.nats_port}" for h in targets.nats_cluster_hosts)
+        replicated = dataclasses.replace(cluster, nats_url=nodes)
+        for role in SERVICE_ROLES:
+            entries = role_entries(replicated, role, workers)
+            entries["FOUNDRY_STREAM_REPLICAS"] = str(len(targets.nats_cluster_hosts))
+            header = CLUSTER_ENV_HEADER.format(role=role)
+            write_private(layout.cluster_env(role), env_text(entries, header))
 
     _move_old_token_file(layout)
     made = ensure_token(layout.api_tokens, "admin", [ADMIN], layout.admin_token, 0o600)
@@ -225,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis-dir", type=Path, default=default.redis_dir, help="in the redis container"
     )
+    parser.add_argument(
+        "--nats-cluster-hosts",
+        default="",
+        help="comma-separated NATS nodes of the cluster profile: also write <role>.cluster.env",
+    )
     args = parser.parse_args(argv)
     try:
         targets = Targets(
@@ -235,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             listen_host=args.listen_host,
             nats_store=args.nats_store,
             redis_dir=args.redis_dir,
+            nats_cluster_hosts=tuple(h for h in args.nats_cluster_hosts.split(",") if h),
         )
         made = compose_init(args.data, Settings.from_env(), targets)
     except ConfigError as exc:

@@ -13,6 +13,11 @@ The holder counts its lease valid until ``ttl`` after it *sent* the last
 successful write (the server's TTL starts later than that), so a holder that
 cannot renew stops acting before any standby can take over. A holder that stops
 cleanly writes a released value, which a standby takes at its next poll.
+
+A standby remembers the last holder it read and when it first saw that holder's
+latest revision (on its own clock); on taking the key it keeps them in
+:attr:`Lease.takeover`, so an election can say whom it replaced and how long
+after that holder's last renewal.
 """
 
 from __future__ import annotations
@@ -42,6 +47,27 @@ OP_TIMEOUT = 2.0
 def holder_id() -> str:
     """A name for this process as a lease holder: host, pid and a random suffix."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """How this process came to hold the lease: the holder it last saw before (None when it
+    saw none) and the seconds from first seeing that holder's last write to taking the key."""
+
+    previous: str | None
+    since_previous_write: float | None
+
+
+def election_details(lease: Lease) -> dict[str, object]:
+    """The figures of a ``heal.leader`` event for a lease just taken: which duty (the key),
+    the new holder, the previous one when known, and how long after its last write."""
+    takeover = lease.takeover or Takeover(None, None)
+    return {
+        "duty": lease.key,
+        "holder": lease.holder,
+        "previous_holder": takeover.previous,
+        "since_previous_write_seconds": takeover.since_previous_write,
+    }
 
 
 @dataclass(frozen=True)
@@ -77,6 +103,9 @@ class Lease:
         self.stream = f"KV_{bucket}"
         self._revision = 0
         self._valid_until = 0.0
+        # the last other holder read: (holder, revision, when that revision was first read)
+        self._seen: tuple[str, int, float] | None = None
+        self.takeover: Takeover | None = None
 
     @property
     def held(self) -> bool:
@@ -123,13 +152,22 @@ class Lease:
         sent = self.clock()
         view = await self.read()
         if view is not None and view.holder not in (None, self.holder):
+            self._saw(view.holder, view.revision, sent)
             return False
         revision = await self._write(self.holder, view.revision if view else 0)
         if revision is None:
             return False
         self._revision, self._valid_until = revision, sent + self.ttl
+        seen, self._seen = self._seen, None
+        self.takeover = Takeover(
+            seen[0] if seen else None, round(self.clock() - seen[2], 3) if seen else None
+        )
         log.info("lease %s taken by %s (revision %d)", self.key, self.holder, revision)
         return True
+
+    def _saw(self, holder: str, revision: int, now: float) -> None:
+        if self._seen is None or self._seen[:2] != (holder, revision):
+            self._seen = (holder, revision, now)
 
     async def renew(self) -> bool:
         """Extend the lease; False (and no longer held) when another holder has it."""

@@ -95,11 +95,11 @@ def _buckets(names: Names) -> list[str]:
     return [names.kv_stream(names.workflow_bucket), names.kv_stream(names.lease_bucket)]
 
 
-def _kv_access(names: Names, bucket: str) -> list[str]:
-    """Read and write one KV bucket's keys (revision-checked puts, direct gets)."""
+def _kv_access(names: Names, bucket: str, key: str = ">") -> list[str]:
+    """Read and write one KV bucket's keys, or one key (revision-checked puts, direct gets)."""
     stream = names.kv_stream(bucket)
     return [
-        names.kv_subject(bucket),
+        names.kv_subject(bucket, key),
         f"{API}.DIRECT.GET.{stream}",
         f"{API}.DIRECT.GET.{stream}.>",
         f"{API}.STREAM.MSG.GET.{stream}",
@@ -219,6 +219,7 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 names.tasks("*"),  # each step is a task
                 names.task_event(TaskStatus.QUEUED, "*"),
                 names.workflow_event(">"),
+                names.heal_event("leader"),  # its election
                 names.control("cancel"),  # cancelling a workflow cancels its running steps
                 *_kv_access(names, names.workflow_bucket),
                 *_kv_access(names, names.lease_bucket),
@@ -234,6 +235,12 @@ def permissions(names: Names, role: str, agent_types: Iterable[str] = ()) -> Per
                 _all(names, "host"),
                 *_stream_api(names, "INFO"),
                 f"{API}.CONSUMER.INFO.{tasks}.*",
+                # the monitors' leader lease (cluster-wide series) and its election event
+                *_stream_api(
+                    names, "INFO", "CREATE", "UPDATE", streams=[names.kv_stream(names.lease_bucket)]
+                ),
+                *_kv_access(names, names.lease_bucket, "monitor"),
+                names.heal_event("leader"),
             ],
             subscribe=[inbox, _all(names, "heartbeat"), _all(names, "events")],
         )

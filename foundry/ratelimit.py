@@ -10,6 +10,13 @@ window ever holds more than its count. ``…:pause`` blocks a name for a while
 Names: ``type:<agent type>`` (tasks started), ``llm:<model>`` (requests),
 ``tokens:<model>`` (prompt plus completion tokens, reserved as an estimate and
 settled with what the server reports).
+
+``llm:<model>`` names are gated by what the provider says (:meth:`Limiter.answered`):
+a request counts in the window from its grant until its answer; after a pause, and
+whenever nothing is known, one probe goes alone and the rest wait for its answer;
+the provider's ``x-ratelimit-remaining-requests`` becomes a credit of requests that
+are sent until its reset, less those still on their way. The scripts and their
+keys are in :mod:`foundry.limitscripts`.
 """
 
 from __future__ import annotations
@@ -27,90 +34,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from foundry import limitscripts
 from foundry.rates import MODEL_NAME_RE, Rate
 
 log = logging.getLogger(__name__)
 
 MAX_NAMES = 64  # label values a process reports (limit names, models)
 WAIT_STEP_MAX = 5.0  # the longest single sleep before checking again
-
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
-local ticket = ARGV[2]
-local wait = 0
-local costs = {}
-local function cost_of(member)
-  return tonumber(string.match(member, '|(%d+)$')) or 0
-end
-for i = 1, n do
-  local z, s, p = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local pttl = redis.call('PTTL', p)
-  if pttl > wait then wait = pttl end
-  local limit = tonumber(ARGV[3 * i])
-  local period = tonumber(ARGV[3 * i + 1])
-  local cost = math.min(tonumber(ARGV[3 * i + 2]), limit)
-  costs[i] = cost
-  if limit > 0 then
-    local old = redis.call('ZRANGEBYSCORE', z, '-inf', now - period)
-    local sum = tonumber(redis.call('GET', s) or '0')
-    for _, m in ipairs(old) do sum = sum - cost_of(m) end
-    if #old > 0 then
-      redis.call('ZREMRANGEBYSCORE', z, '-inf', now - period)
-      if sum < 0 or redis.call('ZCARD', z) == 0 then sum = 0 end
-      redis.call('SET', s, sum, 'PX', period)
-    end
-    if sum + cost > limit then
-      local need = sum + cost - limit
-      local freed = 0
-      local until_free = period
-      local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
-      for j = 1, #entries, 2 do
-        freed = freed + cost_of(entries[j])
-        if freed >= need then
-          until_free = tonumber(entries[j + 1]) + period - now
-          break
-        end
-      end
-      if until_free < 1 then until_free = 1 end
-      if until_free > wait then wait = until_free end
-    end
-  end
-end
-if wait > 0 then return wait end
-for i = 1, n do
-  local limit = tonumber(ARGV[3 * i])
-  if limit > 0 then
-    local z, s = KEYS[3 * i - 2], KEYS[3 * i - 1]
-    local period = tonumber(ARGV[3 * i + 1])
-    redis.call('ZADD', z, now, ticket .. '|' .. costs[i])
-    redis.call('INCRBY', s, costs[i])
-    redis.call('PEXPIRE', z, period)
-    redis.call('PEXPIRE', s, period)
-  end
-end
-return 0
-"""
-
-_SETTLE = """
-local old = ARGV[1] .. '|' .. ARGV[2]
-local score = redis.call('ZSCORE', KEYS[1], old)
-if not score then return 0 end
-local actual = math.min(tonumber(ARGV[3]), tonumber(ARGV[4]))
-redis.call('ZREM', KEYS[1], old)
-redis.call('ZADD', KEYS[1], score, ARGV[1] .. '|' .. actual)
-local sum = redis.call('INCRBY', KEYS[2], actual - tonumber(ARGV[2]))
-if sum < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
-return 1
-"""
-
-_PAUSE = """
-local ms = tonumber(ARGV[1])
-if redis.call('PTTL', KEYS[1]) >= ms then return 0 end
-redis.call('SET', KEYS[1], '1', 'PX', ms)
-return 1
-"""
+FLIGHT_HOLD = 30.0  # the longest a request to a provider counts as on its way
+PROBE_POLL = 0.1  # how often requests waiting for a probe's answer look again
+OPEN_FOR = 60.0  # how long a probe answered without rate-limit headers opens a model
 
 
 @dataclass
@@ -171,16 +104,39 @@ def new_ticket() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """What a provider's answer to one request says about its limits (status 0: none came)."""
+
+    status: int
+    remaining: int | None = None  # requests it takes before ``reset`` (after this one)
+    reset: float | None = None  # seconds until its request limit is whole again
+    retry_after: float | None = None  # seconds, with a 429
+
+
+def is_gated(name: str) -> bool:
+    """Requests to a provider: gated by its answers as well as by a rate of ours."""
+    return name.startswith("llm:")
+
+
 class Limiter:
     """The limits in ``rates`` (by name) over one Redis; names without a rate only pause."""
 
-    def __init__(self, redis: aioredis.Redis, key_prefix: str, rates: Mapping[str, Rate]) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        key_prefix: str,
+        rates: Mapping[str, Rate],
+        hold: float = FLIGHT_HOLD,
+    ) -> None:
         self.redis = redis
         self.prefix = f"{key_prefix}:limit:"
         self.rates = dict(rates)
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._settle = redis.register_script(_SETTLE)
-        self._pause = redis.register_script(_PAUSE)
+        self.hold_ms = max(1, int(hold * 1000))
+        self._acquire = redis.register_script(limitscripts.ACQUIRE)
+        self._answer = redis.register_script(limitscripts.ANSWER)
+        self._settle = redis.register_script(limitscripts.SETTLE)
+        self._pause = redis.register_script(limitscripts.PAUSE)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -189,16 +145,46 @@ class Limiter:
         """Take ``cost`` of every named limit at once; 0 when granted, else seconds to wait.
 
         A cost above a limit's count is taken as the whole count (it could never fit).
+        A grant of a gated name must be followed by :meth:`answered` with its ticket.
         """
         keys: list[str] = []
-        args: list[Any] = [len(costs), ticket]
+        args: list[Any] = [len(costs), ticket, int(PROBE_POLL * 1000)]
         for name, cost in costs.items():
             k = self.key(name)
-            keys += [k, k + ":sum", k + ":pause"]
+            keys += [k + s for s in ("", ":sum", ":pause", ":credit", ":open", ":flight", ":probe")]
             r = self.rates.get(name)
-            args += [r.count if r else 0, int(r.period * 1000) if r else 0, max(0, int(cost))]
+            gated = is_gated(name)
+            args += [
+                r.count if r else 0,
+                int(r.period * 1000) if r else 0,
+                max(0, int(cost)),
+                self.hold_ms if gated else 0,
+                int(gated),
+            ]
         wait_ms = await self._acquire(keys=keys, args=args)
         return float(wait_ms) / 1000.0
+
+    async def answered(self, name: str, ticket: str, answer: ProviderAnswer) -> None:
+        """The request granted under ``ticket`` got ``answer`` (or none: status 0).
+
+        Its place in the window now ends a period after this moment. A 429 pauses
+        ``name`` for its ``Retry-After`` (1 s when it gives none) and makes the next
+        request a probe; a probe answered 2xx opens the model, with a credit when the
+        provider said how many requests it still takes.
+        """
+        k = self.key(name)
+        keys = [k + s for s in ("", ":pause", ":credit", ":open", ":flight", ":probe")]
+        remaining = -1 if answer.remaining is None else max(0, answer.remaining)
+        args: list[str | int] = [
+            ticket,
+            1,
+            answer.status,
+            remaining,
+            int((answer.reset or 0.0) * 1000),
+            max(1, int((answer.retry_after or 1.0) * 1000)),
+            int(OPEN_FOR * 1000),
+        ]
+        await self._answer(keys=keys, args=args)
 
     async def settle(self, name: str, ticket: str, reserved: int, actual: int) -> None:
         """Replace the cost reserved under ``ticket`` with the ``actual`` one."""

@@ -1,8 +1,8 @@
 """Dead letters read from AGENT_DEAD: filters, a bounded scan, and the listing route.
 
-The stream is read like the heal history reads AGENT_EVENTS: a short-lived
-ephemeral consumer (no acks), oldest first, at most ``DEAD_SCAN`` letters and
-``within`` seconds, deleted afterwards. The agent type and ``since`` filters
+The stream is read as the heal history reads AGENT_EVENTS
+(:class:`gateway.streamscan.StreamScan`): oldest first, at most ``DEAD_SCAN``
+letters and ``within`` seconds. The agent type and ``since`` filters
 are applied by the server (the consumer's subject filter and start time); the
 reason and ``until`` here. A record that fails the ``DeadLetter`` contract is
 skipped and counted as a rejection.
@@ -11,17 +11,13 @@ skipped and counted as a rejection.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import nats.errors
 from aiohttp import web
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from foundry.contracts import DeadLetter
 from foundry.errors import BrokerUnavailable
@@ -32,6 +28,7 @@ from gateway.errors import bad_request
 from gateway.jsonio import json_response
 from gateway.keys import JS, NC, REDIS, SETTINGS
 from gateway.spec import Param
+from gateway.streamscan import StreamScan
 
 DEAD_SCAN = 20_000
 LIST_MAX = 1000
@@ -153,47 +150,29 @@ class DeadScan:
     async def batches(self) -> AsyncGenerator[list[Found], None]:
         """Letters in stream order, a fetch at a time, those the filters match."""
         app = self.request.app
-        names, js = app[SETTINGS].names, app[JS]
+        names = app[SETTINGS].names
         if not app[NC].is_connected:
             raise BrokerUnavailable("NATS is unreachable")
-        subject = names.dead(self.filters.agent_type or "*")
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.NONE,
-            filter_subject=subject,
-            inactive_threshold=30.0,
-            mem_storage=True,
+        scan = StreamScan(
+            app[JS],
+            names.dead_stream,
+            names.dead(self.filters.agent_type or "*"),
+            limit=DEAD_SCAN,
+            within=self.within,
+            start_time=self.filters.since,
+            batch=FETCH_BATCH,
+            fetch_timeout=1.0,
         )
-        if self.filters.since is not None:
-            config.deliver_policy = DeliverPolicy.BY_START_TIME
-            config.opt_start_time = datetime.fromtimestamp(self.filters.since, UTC)
-        psub = await js.pull_subscribe(subject, stream=names.dead_stream, config=config)
-        started, consumer = time.monotonic(), None
-        try:
-            info = await psub.consumer_info()
-            consumer, pending = info.name, info.num_pending or 0
-            while pending > 0:
-                if self.scanned >= DEAD_SCAN or time.monotonic() - started > self.within:
-                    self.truncated = True
-                    break
-                try:
-                    msgs = await psub.fetch(FETCH_BATCH, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    break
-                if not msgs:
-                    break
-                self.scanned += len(msgs)
-                pending = msgs[-1].metadata.num_pending
-                found = [f for f in map(_found, msgs) if f is not None]
-                past_until = self._past_until(found)
-                yield [f for f in found if self.filters.matches(f)]
-                if past_until:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
-                if consumer is not None:
-                    await js.delete_consumer(names.dead_stream, consumer)
+        async with scan:
+            try:
+                async for msgs in scan:
+                    self.scanned = scan.scanned
+                    found = [f for f in map(_found, msgs) if f is not None]
+                    yield [f for f in found if self.filters.matches(f)]
+                    if self._past_until(found):
+                        break
+            finally:
+                self.scanned, self.truncated = scan.scanned, scan.truncated
 
     def _past_until(self, found: list[Found]) -> bool:
         until = self.filters.until

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from gateway.jsonio import json_response
 from gateway.keys import JS, NC, SETTINGS
 from gateway.spec import Param
 from gateway.sse import SseClient, frame, wants_stream
+from gateway.streamscan import StreamScan
 
 log = logging.getLogger(__name__)
 LINGER = 10.0  # seconds the reader keeps going after the last client left
@@ -174,39 +174,20 @@ async def read_events(
     limit: int = REPLAY_MAX,
 ) -> list[Event]:
     """Events from sequence ``start`` (up to ``until``), bounded in count and time."""
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=max(1, start),
-        ack_policy=AckPolicy.NONE,
-        filter_subject=names.events(">"),
-        inactive_threshold=30.0,
-    )
-    psub = await js.pull_subscribe(names.events(">"), stream=names.events_stream, config=config)
     out: list[Event] = []
-    scanned, started = 0, time.monotonic()
-    try:
-        while scanned < limit and time.monotonic() - started < REPLAY_SECONDS:
-            try:
-                msgs = await psub.fetch(FETCH, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break
-            if not msgs:
-                break
+    scan = StreamScan(
+        js, names.events_stream, names.events(">"), limit=limit, within=REPLAY_SECONDS,
+        start_seq=start, batch=FETCH,
+    )  # fmt: skip
+    async with scan:
+        async for msgs in scan:
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 if until is not None and seq > until:
                     return out
-                scanned += 1
                 event = parse(names, seq, msg.subject, msg.data)
                 if event is not None and keep(event):
                     out.append(event)
-            if msgs[-1].metadata.num_pending == 0:
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            info = await psub.consumer_info()
-            await psub.unsubscribe()
-            await js.delete_consumer(names.events_stream, info.name)
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import nats.errors
 from aiohttp import web
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from foundry import codec
 from foundry.contracts import ControlReply, MessageRejected
@@ -24,6 +22,7 @@ from gateway.errors import ApiError, bad_request
 from gateway.jsonio import json_response
 from gateway.keys import JS, NC, SETTINGS, VIEW
 from gateway.spec import Param
+from gateway.streamscan import StreamScan
 
 CONTROL_TIMEOUT = 5.0
 HISTORY_MAX = 1000
@@ -229,35 +228,14 @@ async def history(request: web.Request) -> web.Response:
     if not request.app[NC].is_connected:
         raise BrokerUnavailable("NATS is unreachable")
     keep: deque[dict[str, Any]] = deque(maxlen=limit + offset)
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=names.events("heal", ">"),
-        inactive_threshold=30.0,
-    )
-    psub = await js.pull_subscribe(
-        names.events("heal", ">"), stream=names.events_stream, config=config
-    )
-    total, started = 0, time.monotonic()
-    try:
-        while total < HISTORY_SCAN and time.monotonic() - started < 5:
-            try:
-                msgs = await psub.fetch(500, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break
-            if not msgs:
-                break
+    subject = names.events("heal", ">")
+    scan = StreamScan(js, names.events_stream, subject, limit=HISTORY_SCAN, within=5.0, batch=500)
+    async with scan:
+        async for msgs in scan:
             for msg in msgs:
                 with contextlib.suppress(ValueError):
                     keep.append(codec.loads(msg.data))
-            total += len(msgs)
-            if msgs[-1].metadata.num_pending == 0:
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            info = await psub.consumer_info()
-            await psub.unsubscribe()
-            await js.delete_consumer(names.events_stream, info.name)
+    total = scan.scanned
     newest_first = list(reversed(keep))[offset : offset + limit]
     return json_response(
         {"events": newest_first, "count": len(newest_first), "offset": offset, "total": total}

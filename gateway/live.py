@@ -26,6 +26,8 @@ from foundry.names import Names
 from foundry.rejections import REJECTIONS
 
 LINGER_SECONDS = 10.0  # keep listening this long after the last waiter left
+# the events of a final status (a cancel, before or during the run, is announced too)
+FINAL_EVENTS = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)
 log = logging.getLogger(__name__)
 
 
@@ -129,7 +131,7 @@ class ClusterView:
                 return
             nc = self._nc
             try:
-                for status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.DEAD):
+                for status in FINAL_EVENTS:
                     subject = self.names.task_event(status, "*")
                     self._final_subs.append(await nc.subscribe(subject, cb=self._on_final))
                 await nc.flush(timeout=2)  # the server knows our interest before we read

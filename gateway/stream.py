@@ -169,7 +169,7 @@ async def _follow(relay: Relay, finished: asyncio.Future[None]) -> TaskRecord | 
             await finished
         client.done.set()
 
-    async def poll() -> None:  # a cancelled task sends no event the view listens to
+    async def poll() -> None:  # a final event missed (NATS away while it was sent)
         current = await store.get(task_id)
         if current is None or current.final:
             client.done.set()

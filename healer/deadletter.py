@@ -8,7 +8,7 @@ lost and an election is under way) it is sent again, in the background, for up t
 shows the task redelivered or finished meanwhile. A task that was in
 flight at ``FOUNDRY_POISON_KILLS`` deaths is moved to ``AGENT_DEAD`` with the
 evidence; so is a task that exhausted ``max_deliver``, once the server confirms
-it (the advisory alone is only a claim).
+it (the advisory alone is only a claim: :mod:`healer.advisories`).
 
 Nothing here trusts the bus: an ack subject is used only when it belongs to the
 type's own consumer and names the delivery it was listed with, and an advisory
@@ -27,25 +27,22 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from foundry import codec
 from foundry.contracts import (
     DeadLetter,
     DeadLetterAction,
     HealAction,
     InFlightEntry,
-    MaxDeliveriesAdvisory,
     TaskEvent,
     TaskStatus,
-    task_id_from,
 )
 from foundry.errors import CacheUnavailable
 from foundry.names import Names
 from foundry.rejections import REJECTIONS
 from foundry.runtime import spawn
 from foundry.store import TaskStore
+from healer.advisories import Advisories, task_id_of
 
 log = logging.getLogger(__name__)
 Emit = Callable[..., Awaitable[None]]
@@ -86,12 +83,11 @@ class DeadLetters:
         max_deliver: int,
         emit: Emit,
         leading: Callable[[], bool] = lambda: True,
+        keep_seconds: float = 60.0,
         nak_within: float = 30.0,
     ) -> None:
         self.nc = nc
         self.nak_within = nak_within
-        # Advisories reach every healer; only the leader (cluster-wide duty) acts on them.
-        self.leading = leading
         self.js = nc.jetstream()
         self.store = store
         self.names = names
@@ -100,9 +96,13 @@ class DeadLetters:
         self.emit = emit
         self.kills: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self._naks: set[asyncio.Task[Any]] = set()
+        # Advisories reach every healer; only the leader (cluster-wide duty) acts on them.
+        self.advisories = Advisories(
+            nc, store, names, max_deliver, self.dead_letter, leading, keep_seconds
+        )
 
     async def start(self) -> None:
-        await self.nc.subscribe(self.names.max_deliveries_advisory(), cb=self._on_max_deliveries)
+        await self.advisories.start()
 
     def _owned(self, agent_type: str, entry: InFlightEntry) -> bool:
         """Whether ``entry.reply`` acks ``entry.stream_seq`` on one of the type's own
@@ -194,48 +194,6 @@ class DeadLetters:
         for key in [k for k, v in self.kills.items() if v[-1]["mono"] < cutoff]:
             del self.kills[key]
 
-    async def _on_max_deliveries(self, msg: Msg) -> None:
-        if not self.leading():
-            return
-        advisory = REJECTIONS.parse(lambda: MaxDeliveriesAdvisory.from_payload(msg.data))
-        if advisory is None:
-            return
-        agent_type = Names.type_of_consumer(advisory.consumer)
-        if advisory.stream != self.names.tasks_stream or agent_type is None:
-            REJECTIONS.record("advisory", "subject", f"not one of ours: {advisory}")
-            return
-        attempts = await self._confirmed_attempts(advisory.stream_seq)
-        if attempts is None or attempts < self.max_deliver:
-            REJECTIONS.record(
-                "advisory",
-                "unconfirmed",
-                f"seq {advisory.stream_seq} claims {advisory.deliveries} deliveries; the server "
-                f"and the task store show {attempts}",
-            )
-            return
-        await self.dead_letter(
-            agent_type,
-            advisory.stream_seq,
-            DeadLetterAction.MAX_DELIVER,
-            f"delivered {attempts} times without an ack (FOUNDRY_MAX_DELIVER={self.max_deliver})",
-            [{"deliveries": attempts}],
-        )
-
-    async def _confirmed_attempts(self, seq: int) -> int | None:
-        """The recorded attempts of the task stored at ``seq``, or None when it is not there."""
-        try:
-            raw = await self.js.get_msg(self.names.tasks_stream, seq)
-        except NotFoundError:
-            return None
-        except Exception as exc:
-            log.warning("cannot confirm max-deliveries for seq %d: %r", seq, exc)
-            return None
-        try:
-            record = await self.store.get(_task_id(raw.headers, raw.data or b"", seq))
-        except CacheUnavailable:
-            return None
-        return record.attempts if record is not None else None
-
     async def dead_letter(
         self,
         agent_type: str,
@@ -245,23 +203,34 @@ class DeadLetters:
         evidence: list[dict[str, Any]],
         reply: str | None = None,
     ) -> str | None:
-        """Copy the task to AGENT_DEAD, mark it dead, then remove it from AGENT_TASKS."""
+        """Copy the task to AGENT_DEAD, mark it dead, then remove it from AGENT_TASKS; the
+        task id, or None when there was nothing to do.
+
+        Safe to repeat: the copy carries ``Nats-Msg-Id: dead-<id>``, so a second one is
+        dropped by the server, and when that happens to a task already stored ``dead``
+        (another healer got that far) only the removal is finished, without new events."""
         try:
             raw = await self.js.get_msg(self.names.tasks_stream, seq)
         except NotFoundError:
             self.kills.pop((agent_type, seq), None)
             return None  # already gone (acked or moved by another healer)
         payload = raw.data or b""
-        task_id = _task_id(raw.headers, payload, seq)
+        task_id = task_id_of(raw.headers, payload, seq)
         clean = [{k: v for k, v in e.items() if k != "mono"} for e in evidence]
         record = DeadLetter(
             task_id, agent_type, seq, action, reason, payload.decode("utf-8", "replace"), clean
         )
-        await self.js.publish(
+        ack = await self.js.publish(
             self.names.dead(agent_type),
             record.to_payload(),
             headers={"Nats-Msg-Id": f"dead-{task_id}"},
         )
+        if ack.duplicate and await self._stored_dead(task_id):
+            log.info("task %s was dead-lettered already; removing it from the stream", task_id)
+            with contextlib.suppress(Exception):
+                await self.js.delete_msg(self.names.tasks_stream, seq)
+            self.kills.pop((agent_type, seq), None)
+            return None
         try:
             await self.store.mark_dead(task_id, agent_type, {"reason": reason, "evidence": clean})
         except CacheUnavailable as exc:
@@ -286,9 +255,9 @@ class DeadLetters:
         )
         return task_id
 
-
-def _task_id(headers: dict[str, str] | None, payload: bytes, seq: int) -> str:
-    body_id = None
-    with contextlib.suppress(ValueError, AttributeError):
-        body_id = codec.loads(payload).get("task_id")
-    return task_id_from(headers, body_id, seq)
+    async def _stored_dead(self, task_id: str) -> bool:
+        try:
+            record = await self.store.get(task_id)
+        except CacheUnavailable:
+            return False
+        return record is not None and record.status == TaskStatus.DEAD

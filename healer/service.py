@@ -133,7 +133,7 @@ class HealerService:
         self.emit.nc = self.nc
         self.redis = await connect_redis(self.settings)
         await provision(self.nc.jetstream(), self.settings)
-        self.leadership = Leadership(self.nc.jetstream(), self.settings)
+        self.leadership = Leadership(self.nc.jetstream(), self.settings, self.emit)
         await self.leadership.provision()
         standing_down = asyncio.Event()  # set at stop: the lease is released, not cancelled
         elect = asyncio.create_task(self.leadership.run(standing_down))
@@ -152,8 +152,10 @@ class HealerService:
             self.settings.max_deliver,
             self.emit,
             self.leading,
+            keep_seconds=2.0 * self.settings.lease_ttl,
             nak_within=self.settings.ack_wait,
         )
+        self.leadership.on_elected.append(deadletters.advisories.on_elected)
         self.watch.deadletters = deadletters
         self.operations.connected(self.nc, store, self.names)
         await deadletters.start()

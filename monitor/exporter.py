@@ -10,6 +10,11 @@ last figures of every finished process (stopped, relaunched under the same
 worker id, or forgotten by the live-worker table) are kept and added in: the cluster
 totals never go down. What a worker counted after its last heartbeat is lost
 with it (at most one heartbeat interval's worth).
+
+:meth:`ClusterExporter.cluster_metrics` are the cluster's figures (every worker
+heard, whatever its host): only the leading monitor exports them.
+:meth:`ClusterExporter.host_metrics` are this host's: the desired counts of its
+healer and one series per worker of its own host.
 """
 
 from __future__ import annotations
@@ -111,8 +116,10 @@ class ClusterExporter(Collector):
         wall: Callable[[], float] = time.time,
         limits: Iterable[str] = (),
         models: Iterable[str] = (),
+        host: str | None = None,
     ) -> None:
         self.fleet = dict(fleet)
+        self.host = host  # per-worker series for this host's workers only (None: all)
         self.types = types or AgentTypes(fleet)
         self.clock, self.wall = clock, wall
         self.workers = LiveTable(silence_timeout, clock=clock, on_retire=self._retire)
@@ -167,11 +174,18 @@ class ClusterExporter(Collector):
 
     # ---- collection ------------------------------------------------------------------
     def collect(self) -> Iterable[Metric]:
-        live = self.live()
+        yield from self.cluster_metrics()
+        yield from self.host_metrics()
+
+    def cluster_metrics(self) -> Iterable[Metric]:
         yield from self._task_metrics()
         yield from self._limit_metrics()
-        yield from self._worker_counts(live)
-        yield from self._per_worker(live)
+        yield from self._worker_counts(self.live())
+
+    def host_metrics(self) -> Iterable[Metric]:
+        yield self._desired()
+        own = [s for s in self.live() if self.host is None or s.beat.host == self.host]
+        yield from self._per_worker(own)
 
     def _task_metrics(self) -> Iterable[Metric]:
         completed = CounterMetricFamily(
@@ -246,6 +260,9 @@ class ClusterExporter(Collector):
         )  # fmt: skip
         for (agent_type, state), n in counts.items():
             workers.add_metric([agent_type, state], n)
+        yield workers
+
+    def _desired(self) -> Metric:
         desired = GaugeMetricFamily(
             "foundry_workers_desired", "Worker processes this host's healer runs now, by agent "
             "type (FOUNDRY_FLEET's minimum until the autoscaler changes it).",
@@ -253,7 +270,7 @@ class ClusterExporter(Collector):
         )  # fmt: skip
         for agent_type in self.types.known:
             desired.add_metric([agent_type], self.fleet.get(agent_type, 0))
-        yield from (workers, desired)
+        return desired
 
     def _per_worker(self, live: list[Seen]) -> Iterable[Metric]:
         labels = ["agent_type", "worker"]

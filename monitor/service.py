@@ -5,6 +5,11 @@ publishes the sample on ``names.host(<host>)`` and refreshes the JetStream
 (and optional nats-server) figures. Heartbeats and events are taken in as they
 arrive. ``/metrics`` serves all of it from one registry; ``/health`` says
 whether the sampling loop is alive.
+
+Cluster-wide series (JetStream figures, event counters, the heartbeat totals) are
+exported by the leading monitor only (``monitor/leader.py``); this host's (host
+sample, its own workers, its healer's desired counts, nats-server's figures,
+rejections) by every monitor.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from monitor.exporter import ClusterExporter, limit_labels
 from monitor.hostmetrics import HostMetrics
 from monitor.jetstream import JetStreamStats
 from monitor.labels import AgentTypes
+from monitor.leader import Collected, LeaderGauge, LeaderOnly, MonitorLeadership
 from monitor.nats_server import NatsServerStats
 from monitor.sampler import HostSampler, probe_nats, probe_redis
 
@@ -55,16 +61,26 @@ class Monitor:
         self.types = AgentTypes(settings.fleet)
         limits, models = limit_labels(settings)
         self.exporter = ClusterExporter(
-            settings.fleet, settings.silence_timeout, types=self.types, limits=limits, models=models
-        )
-        self.events = EventMetrics(self.registry, self.types)
+            settings.fleet, settings.silence_timeout, types=self.types, limits=limits,
+            models=models, host=self.hostname,
+        )  # fmt: skip
+        self.cluster_events = CollectorRegistry()  # counted by every monitor, shown by the leader
+        self.events = EventMetrics(self.cluster_events, self.types)
         self.jetstream = JetStreamStats(self.names, self.types)
         self.host_metrics = HostMetrics()
         self.nats_server = (
             NatsServerStats(settings.nats_monitor_url) if settings.nats_monitor_url else None
         )
-        self.registry.register(REJECTIONS)
-        for collector in (self.exporter, self.jetstream, self.host_metrics, self.nats_server):
+        self.leadership: MonitorLeadership | None = None
+        cluster = LeaderOnly(
+            self.leading, Collected(self.exporter.cluster_metrics), self.jetstream,
+            self.cluster_events,
+        )  # fmt: skip
+        host = (
+            REJECTIONS, LeaderGauge(self.hostname, self.leading),
+            Collected(self.exporter.host_metrics), self.host_metrics, self.nats_server,
+        )  # fmt: skip
+        for collector in (cluster, *host):
             if collector is not None:
                 self.registry.register(collector)
         self.sampler = HostSampler(self.hostname, settings.watched_paths)
@@ -75,6 +91,10 @@ class Monitor:
         self.nc: NATS
         self.redis: aioredis.Redis
         self.http: aiohttp.ClientSession
+
+    def leading(self) -> bool:
+        """Whether this monitor exports the cluster-wide series now (it holds the lease)."""
+        return self.leadership is not None and self.leadership.held
 
     @property
     def last_sample(self) -> HostSample | None:
@@ -95,11 +115,17 @@ class Monitor:
             self._subs.append(await nc.subscribe(subject, cb=cb))
         with contextlib.suppress(Exception):  # the server knows our interest before we serve
             await nc.flush(timeout=2)
+        self.leadership = MonitorLeadership(
+            nc.jetstream(), self.settings, self.hostname, self._publish_heal, self._refresh_cluster
+        )
+        await self.leadership.start()
         spawn(self._loop(), self._tasks)
         log.info("monitor on %s: host samples on %s every %gs", self.hostname, self.subject,
                  self.settings.host_interval)  # fmt: skip
 
     async def stop(self) -> None:
+        if self.leadership is not None:
+            await self.leadership.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -121,7 +147,7 @@ class Monitor:
     async def sample_once(self) -> HostSample:
         """Probe, measure, publish the host sample and refresh the JetStream figures."""
         nats_probe, redis_probe = await asyncio.gather(probe_nats(self.nc), probe_redis(self.redis))
-        fleet = [seen.beat for seen in self.exporter.live()]
+        fleet = [s.beat for s in self.exporter.live() if s.beat.host == self.hostname]
         sample = await asyncio.to_thread(self.sampler.measure, fleet, nats_probe, redis_probe)
         self.host_metrics.sample = sample
         self.last_sample_at = time.monotonic()
@@ -130,11 +156,19 @@ class Monitor:
                 await self.nc.publish(self.subject, sample.to_payload())
             except Exception as exc:  # disconnected: the next interval tries again
                 log.debug("host sample not published: %r", exc)
-        refreshes = [self.jetstream.refresh(self.nc.jetstream())]
+        refreshes = [self.jetstream.refresh(self.nc.jetstream())] if self.leading() else []
         if self.nats_server is not None:
             refreshes.append(self.nats_server.refresh(self.http))
         await asyncio.gather(*refreshes)
         return sample
+
+    async def _refresh_cluster(self) -> None:
+        """Just elected: read the JetStream figures now rather than at the next sample."""
+        await self.jetstream.refresh(self.nc.jetstream())
+
+    async def _publish_heal(self, event: HealEvent) -> None:
+        if self.nc.is_connected:
+            await self.nc.publish(self.names.heal_event(event.action.value), event.to_payload())
 
     # ---- subscriptions ---------------------------------------------------------------
     async def _on_beat(self, msg: Msg) -> None:
@@ -179,6 +213,7 @@ class Monitor:
             "nats": "connected" if self.nc.is_connected else "unreachable",
             "redis": "unknown" if sample is None else ("ok" if sample.redis_ok else "unreachable"),
             "workers": len(self.exporter.workers),
+            "leader": self.leading(),
         }
 
 

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from foundry.connect import connect_nats, connect_redis
-from foundry.contracts import FINAL_STATUSES, TaskEvent, TaskStatus
+from foundry.contracts import FINAL_STATUSES, HealAction, HealEvent, TaskEvent, TaskStatus
 from foundry.contracts.workflow import (
     STATUS_COUNTS,
     StepStatus,
@@ -32,7 +32,7 @@ from foundry.contracts.workflow import (
     WorkflowVerb,
     parse_step_task_id,
 )
-from foundry.lease import Lease
+from foundry.lease import Lease, election_details
 from foundry.natsauth import ORCHESTRATOR
 from foundry.provision import ensure_buckets
 from foundry.rejections import REJECTIONS
@@ -113,6 +113,10 @@ class Orchestrator:
         await self.resume()
         log.info("orchestrator %s leads: %d unfinished workflow(s) resumed in %.3fs",
                  self.lease.holder, len(self.active), time.monotonic() - began)  # fmt: skip
+        event = HealEvent(HealAction.LEADER, self.settings.host_id,
+                          details=election_details(self.lease))  # fmt: skip
+        with contextlib.suppress(Exception):  # the event is a record; leading does not wait on it
+            await nc.publish(names.heal_event(HealAction.LEADER.value), event.to_payload())
 
     async def _lost(self) -> None:
         self.leading = False

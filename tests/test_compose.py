@@ -49,6 +49,9 @@ SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|(^|_)(API_)?K
 SOURCED = re.compile(
     r"^set -a && \. (?P<env>/\S+\.env) && set \+a && exec python -m (?P<module>[a-z_.]+)$"
 )
+# the one compose variable the service commands use: the cluster profile's env files
+PROFILE_SWITCH = re.compile(r"\$\{COMPOSE_PROFILES:\+([^}]*)\}")
+CLUSTER_NODES = ("nats-1", "nats-2", "nats-3")
 
 
 def services() -> dict[str, Any]:
@@ -80,10 +83,16 @@ def relative(path: Path) -> PurePosixPath:
 LAYOUT = Layout(Path(""))
 
 
-def sourced(command: list[str]) -> re.Match[str]:
+def interpolate(text: str, profiles: str = "") -> str:
+    """``text`` as compose makes it with ``COMPOSE_PROFILES=profiles`` (``${…:+x}`` only)."""
+    assert "${" not in PROFILE_SWITCH.sub("", text), text  # no other variable is used
+    return PROFILE_SWITCH.sub(lambda m: m.group(1) if profiles else "", text)
+
+
+def sourced(command: list[str], profiles: str = "") -> re.Match[str]:
     """The env file and module of a ``sh -c 'set -a && . FILE … exec python -m M'`` command."""
     assert command[:2] == ["sh", "-c"] and len(command) == 3, command
-    match = SOURCED.fullmatch(command[2])
+    match = SOURCED.fullmatch(interpolate(command[2], profiles))
     assert match, command[2]
     return match
 
@@ -193,6 +202,58 @@ def test_each_service_sources_its_role_env_file_and_sees_only_its_folder() -> No
             folders.setdefault(mount["volume"]["subpath"], set()).add(name)
     assert all(len(users) == 1 for users in folders.values()), folders
     assert svcs[GATEWAY]["volumes"][0]["read_only"] and svcs[MONITOR]["volumes"][0]["read_only"]
+
+
+def test_the_cluster_profile_points_every_service_at_the_three_nodes(tmp_path: Path) -> None:
+    svcs = services()
+    # Given the profile's three nodes, routed to each other and serving clients on 4222
+    for node in CLUSTER_NODES:
+        command = svcs[node]["command"]
+        assert svcs[node]["profiles"] == ["cluster"], node
+        assert command[command.index("--server_name") + 1] == node
+        routes = command[command.index("--routes") + 1].split(",")
+        assert routes == [f"nats://{n}:6222" for n in CLUSTER_NODES], routes
+        assert "-p" not in command and "--port" not in command  # nats.conf's port, 4222
+    # and init, told about them, writing each role a <role>.cluster.env
+    init = svcs["init"]["command"]
+    args = dict(zip(init[3::2], init[4::2], strict=True))
+    assert args["--nats-cluster-hosts"].split(",") == list(CLUSTER_NODES)
+    out = _init(tmp_path, "--nats-cluster-hosts", args["--nats-cluster-hosts"])
+    assert out.returncode == 0, out.stderr
+    layout = Layout(tmp_path)
+    for role in SERVICE_ROLES:
+        svc = svcs[role]
+        # When compose runs with COMPOSE_PROFILES=cluster, Then the service sources that file
+        match = sourced(svc["command"], profiles="cluster")
+        assert in_volume(svc, match["env"]) == relative(LAYOUT.cluster_env(role)), role
+        # and without it the stack's own <role>.env
+        assert in_volume(svc, sourced(svc["command"])["env"]) == relative(LAYOUT.role_env(role))
+        # and the service waits for the three nodes, only when the profile starts them
+        for node in CLUSTER_NODES:
+            need = svc["depends_on"][node]
+            assert need == {"condition": "service_healthy", "required": False}, (role, need)
+        # and the file names all three nodes with the role's own user, and R3 streams
+        single = read_env_file(layout.role_env(role))
+        cluster = read_env_file(layout.cluster_env(role))
+        assert cluster.pop("FOUNDRY_STREAM_REPLICAS") == "3", role
+        urls = cluster.pop("FOUNDRY_NATS_URL").split(",")
+        [user] = {u.split("//")[1].split("@")[0] for u in urls}
+        assert user == single.pop("FOUNDRY_NATS_URL").split("//")[1].split("@")[0], role
+        assert [u.split("@")[1] for u in urls] == [f"{n}:4222" for n in CLUSTER_NODES], urls
+        assert cluster == single, role  # the rest as in <role>.env
+        assert layout.cluster_env(role).stat().st_mode & 0o777 == 0o600, role
+    # and the workers the healer launches get the three nodes too, with their own user
+    healer = _settings(read_env_file(layout.cluster_env(HEALER)))
+    assert healer.stream_replicas == 3
+    worker_url = role_env(healer, worker_role("coder"))["FOUNDRY_NATS_URL"]
+    assert [u.split("@")[1] for u in worker_url.split(",")] == [f"{n}:4222" for n in CLUSTER_NODES]
+    assert all(u.split("//")[1].startswith("worker-coder:") for u in worker_url.split(","))
+    # and the monitor reads a node's monitoring port, the stack's server's without the profile
+    url = svcs[MONITOR]["environment"]["FOUNDRY_NATS_MONITOR_URL"]
+    assert interpolate(url, "cluster") == "http://nats-1:8222"
+    assert interpolate(url) == "http://nats:8222"
+    command = svcs["nats-1"]["command"]
+    assert command[command.index("-m") + 1] == "8222"
 
 
 def test_gateway_reads_inits_token_file_and_prometheus_its_scrape_token() -> None:
@@ -410,7 +471,7 @@ def test_service_commands_export_their_env_file(stack: Stack) -> None:
         match = sourced(svcs[role]["command"])
         env_file = _host_path(svcs[role], match["env"], stack.layout.root)
         dump = "import json, os; print(json.dumps(dict(os.environ)))"
-        shell = svcs[role]["command"][2].replace(match["env"], env_file)
+        shell = interpolate(svcs[role]["command"][2]).replace(match["env"], env_file)
         shell = shell.replace(f"exec python -m {role}", f"exec {sys.executable} -c '{dump}'")
         out = subprocess.run(
             ["sh", "-c", shell],

@@ -8,8 +8,6 @@ made in the test.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import json
 import os
 import subprocess
@@ -18,11 +16,8 @@ from pathlib import Path
 
 import nkeys
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from bench.pki import Authority
 from foundry.connect import connect_nats, connect_redis
 from foundry.errors import BrokerUnavailable, ConfigError
 from foundry.names import Names
@@ -33,36 +28,6 @@ from foundry.settings import Settings, redact_url
 from tests.bus import AuthNats
 
 SECRETS = ("s3cret-pw", "T0KEN-abc", "qs-pass")
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _cert(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey, ca: bool,
-) -> x509.Certificate:  # fmt: skip
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @dataclasses.dataclass
@@ -77,18 +42,10 @@ def pki(tmp_path: Path) -> Pki:
     """A CA, a server certificate for 127.0.0.1 / localhost, and a client certificate."""
     root = tmp_path / "pki"
     root.mkdir()
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("foundry test CA", ca_key, None, ca_key, ca=True)
-    (root / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files = {}
-    for who in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(f"foundry {who}", key, ca, ca_key, ca=False)
-        (root / f"{who}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        write_private(root / f"{who}-key.pem", _key_pem(key).decode())
-        files[who] = TlsFiles(str(root / f"{who}.pem"), str(root / f"{who}-key.pem"))
-    ca_path = str(root / "ca.pem")
-    return Pki(Path(ca_path), files["server"], files["client"])
+    authority = Authority.new("foundry test CA")
+    ca = authority.write(root / "ca.pem")
+    server, client = (authority.issue(root, who, f"foundry {who}") for who in ("server", "client"))
+    return Pki(ca, server, client)
 
 
 def _foreign_nats(root: Path, authorization: dict[str, object], tls: dict[str, object] | None = None

@@ -135,7 +135,7 @@ def test_compose_services_run_real_modules_on_the_configured_ports() -> None:
     nats_cmd = services["nats"]["command"]
     monitoring_port = nats_cmd[nats_cmd.index("-m") + 1]
     url = services["monitor"]["environment"]["FOUNDRY_NATS_MONITOR_URL"]
-    assert url == f"http://nats:{monitoring_port}"
+    assert _interpolate(url) == f"http://nats:{monitoring_port}"  # nats-1's in the cluster profile
     assert services["monitor"]["pid"] == "service:healer"
     assert services["monitor"]["hostname"] == services["healer"]["hostname"]
 
@@ -163,8 +163,13 @@ def _bind_mounts(svc: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _interpolate(text: str) -> str:
-    """Compose's ``${VAR:-default}`` as run from a shell that sets none of them."""
-    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
+    """Compose's ``${VAR:-default}`` and ``${VAR:+alternative}`` as run from a shell that
+    sets none of them."""
+    return re.sub(
+        r"\$\{\w+(?::?([-+])([^}]*))?\}",
+        lambda m: m.group(2) if m.group(1) == "-" else "",
+        text,
+    )
 
 
 def _container_port(mapping: str | int) -> int:

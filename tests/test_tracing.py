@@ -5,7 +5,6 @@ and tracing off by default without importing the SDK."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import subprocess
 import sys
@@ -156,15 +155,19 @@ def test_tracing_is_off_by_default_and_never_imports_the_sdk() -> None:
 def test_an_exporter_that_cannot_work_stops_the_worker_with_exit_2(
     make_settings: Callable[..., Settings],
 ) -> None:
-    try:
-        found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
-    except ModuleNotFoundError:
-        found = False
-    if found:
-        pytest.skip("the OTLP exporter is installed here")
+    # Given a worker where the OTLP exporter cannot be imported (a None entry in
+    # sys.modules makes its import fail, as when the otlp extra is not installed)
     settings = make_settings(**SMALL_STREAMS, tracing=True, otel_exporter="otlp")
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['opentelemetry.exporter.otlp.proto.http.trace_exporter'] = None\n"
+        "sys.argv = ['workers', '--type', 'coder']\n"
+        "runpy.run_module('workers', run_name='__main__', alter_sys=True)\n"
+    )
     out = subprocess.run(
-        [sys.executable, "-m", "workers", "--type", "coder"],
+        [sys.executable, "-c", code],
         env=child_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert out.returncode == 2 and "FOUNDRY_OTEL_EXPORTER=otlp" in out.stderr
+    # Then it stops with exit 2 saying what to install
+    assert out.returncode == 2, out.stderr
+    assert "FOUNDRY_OTEL_EXPORTER=otlp" in out.stderr and "agent-foundry[otlp]" in out.stderr

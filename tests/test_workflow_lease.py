@@ -29,6 +29,10 @@ async def takeover(nc: NATS, settings: Settings, ttl: int) -> float:
     # When the first holder goes silent (killed), the second gets it once the server expires it
     await eventually(second.acquire, ttl + 5, interval=0.02)
     took = time.monotonic() - last_renewal
+    # and the second knows whom it replaced, and how long after it first saw the last renewal
+    assert second.takeover is not None and second.takeover.previous == "first"
+    since = second.takeover.since_previous_write
+    assert since is not None and since <= took + 0.1, (since, took)
     # and the first holder's late renewal is refused by the revision check
     assert not first.held  # its own deadline passed before the takeover
     assert not await first.renew()

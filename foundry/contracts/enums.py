@@ -103,6 +103,7 @@ class HealAction(StrEnum):
     SILENT_FOREIGN = "silent_foreign"
     AUDIT = "audit"
     SCALE = "scale"  # a type's worker count changed with its backlog, or could not
+    LEADER = "leader"  # a process took a leader lease (healer, monitor, orchestrator)
 
 
 class DeadLetterAction(StrEnum):

@@ -154,7 +154,8 @@ function renderWorkers(agents) {
     status.className = "status " + a.status;
     const seen = relaunched.get(a.worker_id);
     let pid = a.pid;
-    if (seen && Date.now() - seen.at < 10000) {
+    // (a slot quarantined since is not coming back: no relaunch mark)
+    if (seen && a.status !== "quarantined" && Date.now() - seen.at < 10000) {
       status.textContent = a.status + " · relaunched";
       tr.classList.add("relaunched");
       if (seen.newPid && a.pid === seen.oldPid) pid = seen.newPid;

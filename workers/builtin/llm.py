@@ -26,8 +26,10 @@ One HTTP session per worker, opened by the ``setup`` hook and closed by
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -36,7 +38,7 @@ from aiohttp.http_exceptions import LineTooLong
 from foundry import codec, tracing
 from foundry.settings import Settings
 from workers.builtin.http import read_capped, redirect_error, snippet, where
-from workers.builtin.llmlimits import LlmLimits
+from workers.builtin.llmlimits import LlmLimits, retry_after
 from workers.builtin.prompts import role_prompt
 from workers.handlers import BaseHandler, TaskContext, TaskFailed
 
@@ -132,13 +134,6 @@ def build_request(ctx: TaskContext) -> dict[str, Any]:
         body["temperature"] = spec["temperature"]
     body["max_tokens"] = _max_tokens(spec, settings)
     return body
-
-
-def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    try:
-        return min(max(0.0, float(resp.headers.get("Retry-After", ""))), RETRY_AFTER_MAX)
-    except ValueError:
-        return None
 
 
 def _backoff(base: float, attempt: int, retry_after: float | None) -> float:
@@ -256,8 +251,15 @@ async def _read_stream(
     return stream.result()
 
 
+Answered = Callable[[int, Mapping[str, str]], Awaitable[None]]
+
+
 async def _complete(
-    session: aiohttp.ClientSession, ctx: TaskContext, body: dict[str, Any], headers: dict[str, str]
+    session: aiohttp.ClientSession,
+    ctx: TaskContext,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    answered: Answered,
 ) -> dict[str, Any]:
     settings = ctx.settings
     server = where(settings.llm.url)
@@ -270,13 +272,16 @@ async def _complete(
             timeout=_timeout(settings),
             allow_redirects=False,
         ) as resp:
+            await answered(resp.status, resp.headers)
             if 300 <= resp.status < 400:
                 raise TaskFailed(f"llm: {redirect_error(resp, server)}")
             if resp.status == 429 or resp.status >= 500:
                 data, _ = await read_capped(resp, 4096)
                 detail = snippet(data, scrub=settings.llm.api_key)
                 raise _Retry(
-                    f"HTTP {resp.status} from {server}: {detail}", _retry_after(resp), resp.status
+                    f"HTTP {resp.status} from {server}: {detail}",
+                    retry_after(resp.headers, RETRY_AFTER_MAX),
+                    resp.status,
                 )
             if not 200 <= resp.status < 300:
                 data, _ = await read_capped(resp, 4096)
@@ -343,14 +348,14 @@ async def _ask(
     attempts = settings.llm.retries + 1
     for attempt in range(1, attempts + 1):
         reservation = await limits.before(ctx, body)
+        answered = functools.partial(limits.answer, reservation)
         try:
-            out = await _traced(session, ctx, body, headers, attempt)
+            out = await _traced(session, ctx, body, headers, attempt, answered)
             await limits.after(reservation, out.get("usage"))
             return out
         except _Retry as exc:
+            await limits.release(reservation)
             await limits.refund(reservation)
-            if exc.status == 429:
-                await limits.throttled(reservation.model, exc.retry_after)
             if attempt == attempts:
                 raise TaskFailed(
                     f"llm: {exc}; gave up after {attempts} attempt(s) "
@@ -360,6 +365,8 @@ async def _ask(
             log.warning("llm: %s; retry %d/%d in %.2fs", exc, attempt, settings.llm.retries, delay)
             await ctx.progress(f"{exc}; retry {attempt} of {settings.llm.retries}")
             await asyncio.sleep(delay)
+        finally:
+            await limits.release(reservation)  # lost or cancelled before an answer
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -372,11 +379,12 @@ async def _traced(
     body: dict[str, Any],
     headers: dict[str, str],
     attempt: int,
+    answered: Answered,
 ) -> dict[str, Any]:
     """One call to the server, as an ``llm call`` span (model, tokens) when tracing is on."""
     attributes: dict[str, str | int] = {"llm.model": str(body["model"]), "llm.attempt": attempt}
     with tracing.current().span("llm call", attributes=attributes, kind="client") as span:
-        out = await _complete(session, ctx, body, headers)
+        out = await _complete(session, ctx, body, headers, answered)
         usage = out.get("usage") or {}
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             value = usage.get(key)

@@ -3,7 +3,11 @@
 Before each request: one request of ``llm:<model>`` (FOUNDRY_RATE_LIMITS) and an
 estimate of its tokens from ``tokens:<model>`` (FOUNDRY_TOKEN_BUDGETS: prompt
 characters / 4 + max_tokens), taken together; a model paused by a provider's 429
-waits too. After it: the reservation is settled with the usage the server
+waits too, and so does every request while a probe is out (see
+:mod:`foundry.ratelimit`). When the answer's status line arrives it is reported
+(:meth:`LlmLimits.answer`: a 429's ``Retry-After``, the
+``x-ratelimit-remaining-requests`` and ``x-ratelimit-reset-requests`` headers);
+when the body is in, the reservation is settled with the usage the server
 reported, and the tokens are counted for the heartbeat. A wait longer than
 FOUNDRY_RATE_WAIT_MAX hands the task back for a later delivery (never fails it).
 """
@@ -11,6 +15,9 @@ FOUNDRY_RATE_WAIT_MAX hands the task back for a later delivery (never fails it).
 from __future__ import annotations
 
 import logging
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +27,7 @@ from foundry.connect import redis_client
 from foundry.ratelimit import (
     LIMIT_STATS,
     Limiter,
+    ProviderAnswer,
     model_limit,
     new_ticket,
     token_limit,
@@ -29,6 +37,12 @@ from workers.handlers import RetryableError, TaskContext
 
 log = logging.getLogger(__name__)
 PAUSE_MAX = 300.0
+REMAINING_MAX = 1_000_000_000
+# a duration as OpenAI-compatible servers write it: "20ms", "1.5s", "6m0s", "1h2m3s", or seconds
+_DURATION = re.compile(
+    r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?!s))?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)s)?(?:(?P<ms>\d+(?:\.\d+)?)ms)?"
+)
 
 
 @dataclass
@@ -36,6 +50,50 @@ class Reservation:
     model: str
     ticket: str
     tokens: int  # reserved from the model's budget (0: no budget)
+    answered: bool = False  # the provider's answer (or its absence) was reported
+
+
+def duration(text: str | None) -> float | None:
+    """Seconds in a rate-limit header (``1.5``, ``20ms``, ``6m0s``); None when unreadable."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        return None
+    parts = {k: float(v) for k, v in match.groupdict().items() if v is not None}
+    seconds = parts.get("h", 0) * 3600 + parts.get("m", 0) * 60 + parts.get("s", 0)
+    return seconds + parts.get("ms", 0) / 1000
+
+
+def retry_after(headers: Mapping[str, str], cap: float) -> float | None:
+    """A ``Retry-After`` given in seconds, at most ``cap``; None when absent or unreadable."""
+    try:
+        seconds = float(headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return min(max(0.0, seconds), cap) if not math.isnan(seconds) else None
+
+
+def provider_answer(status: int, headers: Mapping[str, str]) -> ProviderAnswer:
+    """What an answer's status and headers say about the provider's request limit.
+
+    The remaining count is used only together with a readable reset (a count without
+    a time it holds for says nothing); unreadable headers count as absent.
+    """
+    remaining: int | None = None
+    text = headers.get("x-ratelimit-remaining-requests", "").strip()
+    reset = duration(headers.get("x-ratelimit-reset-requests"))
+    if text.isdigit() and reset is not None:
+        remaining = min(int(text), REMAINING_MAX)
+    reset = min(reset, PAUSE_MAX) if reset is not None else None
+    return ProviderAnswer(status, remaining, reset, retry_after(headers, PAUSE_MAX))
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -110,18 +168,29 @@ class LlmLimits:
                 )
             )
 
+    async def answer(self, res: Reservation, status: int, headers: Mapping[str, str]) -> None:
+        """The provider answered (status line and headers): tell the cluster-wide gate."""
+        res.answered = True
+        if status == 429:
+            LIMIT_STATS.throttle(res.model)
+        await self._report(res, provider_answer(status, headers))
+
+    async def release(self, res: Reservation) -> None:
+        """The request ended without an answer (lost, cancelled): free its place."""
+        if not res.answered:
+            res.answered = True
+            await self._report(res, ProviderAnswer(0))
+
+    async def _report(self, res: Reservation, answer: ProviderAnswer) -> None:
+        if self.limiter is not None:
+            await self._quiet(self.limiter.answered(model_limit(res.model), res.ticket, answer))
+
     async def refund(self, res: Reservation) -> None:
         """The request got no answer (429, 5xx, lost): its reserved tokens were not used."""
         if self.limiter is not None and res.tokens:
             await self._quiet(
                 self.limiter.settle(token_limit(res.model), res.ticket, res.tokens, 0)
             )
-
-    async def throttled(self, model: str, retry_after: float | None) -> None:
-        """The provider answered 429: pause the model cluster-wide for its ``Retry-After``."""
-        LIMIT_STATS.throttle(model)
-        if self.limiter is not None and retry_after:
-            await self._quiet(self.limiter.pause(model_limit(model), min(retry_after, PAUSE_MAX)))
 
     async def _quiet(self, op: Any) -> None:
         try:
