@@ -150,6 +150,10 @@ async def connect_nats(settings: Settings, name: str, **extra: Any) -> NATS:
         **nats_servers(settings.nats_url),
         "name": name,
         "inbox_prefix": settings.nats_inbox_prefix,
+        # Servers are tried in the order FOUNDRY_NATS_URL lists them: a host that lists its
+        # own node first keeps its healer and workers on that node, so a partition between
+        # nodes never cuts a worker's heartbeats off from its own healer.
+        "dont_randomize": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
         "ping_interval": 2,

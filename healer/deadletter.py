@@ -1,7 +1,11 @@
 """Redelivery on behalf of dead workers, poison tasks, and the dead-letter stream.
 
 When a worker dies holding tasks, each is nak'ed through its own ack subject,
-so it is redelivered at once instead of after ``ack_wait``. A task that was in
+so it is redelivered at once instead of after ``ack_wait``. The nak is a request
+the consumer answers; while no consumer listens (its leader was on a node that was
+lost and an election is under way) it is sent again, in the background, for up to
+``ack_wait`` (after which the server redelivers by itself), unless the task store
+shows the task redelivered or finished meanwhile. A task that was in
 flight at ``FOUNDRY_POISON_KILLS`` deaths is moved to ``AGENT_DEAD`` with the
 evidence; so is a task that exhausted ``max_deliver``, once the server confirms
 it (the advisory alone is only a claim: :mod:`healer.advisories`).
@@ -14,12 +18,14 @@ is acted on only when the message exists and its recorded attempts reached
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
@@ -34,12 +40,23 @@ from foundry.contracts import (
 from foundry.errors import CacheUnavailable
 from foundry.names import Names
 from foundry.rejections import REJECTIONS
+from foundry.runtime import spawn
 from foundry.store import TaskStore
 from healer.advisories import Advisories, task_id_of
 
 log = logging.getLogger(__name__)
 Emit = Callable[..., Awaitable[None]]
 KILLS_TTL = 3600.0  # forget kill evidence older than this
+NAK_TIMEOUT = 1.0  # a consumer answers a nak within milliseconds
+NAK_RETRY = 0.25
+# No consumer leader listens (it was lost, an election is under way), or the connection
+# is down: the nak reached no consumer.
+NAK_UNSENT = (
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+)
 
 
 def ack_target(reply: str) -> tuple[str, str, int] | None:
@@ -67,8 +84,10 @@ class DeadLetters:
         emit: Emit,
         leading: Callable[[], bool] = lambda: True,
         keep_seconds: float = 60.0,
+        nak_within: float = 30.0,
     ) -> None:
         self.nc = nc
+        self.nak_within = nak_within
         self.js = nc.jetstream()
         self.store = store
         self.names = names
@@ -76,6 +95,7 @@ class DeadLetters:
         self.max_deliver = max_deliver
         self.emit = emit
         self.kills: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self._naks: set[asyncio.Task[Any]] = set()
         # Advisories reach every healer; only the leader (cluster-wide duty) acts on them.
         self.advisories = Advisories(
             nc, store, names, max_deliver, self.dead_letter, leading, keep_seconds
@@ -105,8 +125,39 @@ class DeadLetters:
         return False
 
     async def _nak(self, entry: InFlightEntry) -> None:
-        with contextlib.suppress(Exception):
-            await self.nc.publish(entry.reply, b"-NAK")
+        spawn(self._nak_until_answered(entry), self._naks)
+
+    async def _nak_until_answered(self, entry: InFlightEntry) -> bool:
+        """Nak until the consumer answers (True), for at most ``nak_within`` seconds.
+
+        The server applies a nak to whatever delivery of the message is pending, so a
+        second nak could interrupt a redelivery running elsewhere: a nak is sent again
+        only when the last reached nobody, and not once the task store shows a later
+        delivery claimed or the task final (another healer's nak, or ack_wait, came first).
+        """
+        deadline = time.monotonic() + self.nak_within
+        while True:
+            try:
+                await self.nc.request(entry.reply, b"-NAK", timeout=NAK_TIMEOUT)
+                return True
+            except NAK_UNSENT as exc:
+                if time.monotonic() + NAK_RETRY > deadline:
+                    log.warning("nak of %s unanswered for %.0fs: %r", entry.task_id,
+                                self.nak_within, exc)  # fmt: skip
+                    return False
+            except Exception as exc:
+                log.warning("nak of %s not confirmed (%r)", entry.task_id, exc)
+                return False
+            await asyncio.sleep(NAK_RETRY)
+            if await self._superseded(entry):
+                return False
+
+    async def _superseded(self, entry: InFlightEntry) -> bool:
+        try:
+            record = await self.store.get(entry.task_id)
+        except CacheUnavailable:
+            return False
+        return record is not None and (record.final or record.attempts > entry.delivery)
 
     async def worker_died(
         self, agent_type: str, in_flight: list[InFlightEntry], evidence: dict[str, Any]

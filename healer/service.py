@@ -153,6 +153,7 @@ class HealerService:
             self.emit,
             self.leading,
             keep_seconds=2.0 * self.settings.lease_ttl,
+            nak_within=self.settings.ack_wait,
         )
         self.leadership.on_elected.append(deadletters.advisories.on_elected)
         self.watch.deadletters = deadletters

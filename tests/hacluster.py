@@ -97,6 +97,7 @@ class HaCluster:
     hosts: Hosts
     root: Path
     fleet: dict[str, int]
+    master_host: int = MASTER_HOST
 
     def __post_init__(self) -> None:
         self.namespace = "h" + uuid.uuid4().hex[:8]
@@ -204,7 +205,7 @@ class HaCluster:
             port=SENTINEL_PORT,
             data_dir=folder,
             master_name=MASTER_NAME,
-            master=(self.hosts[MASTER_HOST].address, REDIS_PORT),
+            master=(self.hosts[self.master_host].address, REDIS_PORT),
             passwords=self.ha,
             requirepass=self.sentinel_password,
             down_after=1.0,
@@ -216,9 +217,11 @@ class HaCluster:
         wait_for_log(log, "+monitor master", 20, proc)
 
     # ---- the fleet ----------------------------------------------------------------------
-    def start_healer(self, host: Host, settings: Settings) -> subprocess.Popen[bytes]:
+    def start_healer(
+        self, host: Host, settings: Settings, log: str = "healer.log"
+    ) -> subprocess.Popen[bytes]:
         env = child_env(settings, HEALER)
-        return host.spawn([sys.executable, "-m", "healer"], self.root / "healer.log", env)
+        return host.spawn([sys.executable, "-m", "healer"], self.root / log, env)
 
     def logs(self) -> str:
         out = []
@@ -232,13 +235,20 @@ class HaCluster:
         return "\n".join(out)
 
 
-def start(hosts: Hosts, root: Path, fleet: dict[str, int]) -> HaCluster:
-    """Every server of the cluster, ready (NATS nodes first, then Redis, then Sentinels)."""
-    cluster = HaCluster(hosts, root, fleet)
+def start(
+    hosts: Hosts,
+    root: Path,
+    fleet: dict[str, int],
+    master: int = MASTER_HOST,
+    replica: int = REPLICA_HOST,
+) -> HaCluster:
+    """Every server of the cluster, ready (NATS nodes first, then Redis, then Sentinels);
+    the Redis master on host ``master``, its replica on host ``replica``."""
+    cluster = HaCluster(hosts, root, fleet, master)
     for index in range(len(hosts)):
         cluster.start_nats(index)
-    cluster.start_redis(MASTER_HOST)
-    cluster.start_redis(REPLICA_HOST, replica_of=MASTER_HOST)
+    cluster.start_redis(master)
+    cluster.start_redis(replica, replica_of=master)
     for index in range(len(hosts)):
         cluster.start_sentinel(index)
     return cluster

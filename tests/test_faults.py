@@ -1,4 +1,5 @@
-"""Faults: a worker killed mid-task, Redis stopped mid-task, SIGTERM drain, broker down."""
+"""Faults: a worker killed mid-task, Redis stopped mid-task or at a worker's start, SIGTERM
+drain, broker down."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from foundry import codec
 from foundry.connect import connect_nats
+from foundry.provision import provision
 from foundry.settings import Settings
 from tests.bus import AuthNats, AuthRedis
 from tests.conftest import eventually
@@ -167,3 +170,32 @@ async def test_nats_down_gives_503_naming_nats(
 async def _healthy(gw: Any) -> bool:
     async with gw.http.get(gw.url("/health")) as resp:
         return bool(resp.status == 200)
+
+
+async def test_a_worker_waiting_for_redis_at_start_beats_starting_then_serves(
+    make_settings: Any, procs: ProcessGroup, own_redis: AuthRedis
+) -> None:
+    # Given Redis down when a worker starts
+    settings = make_settings(redis_url=own_redis.url, connect_timeout=30.0)
+    nc = await connect_nats(settings, "test")
+    await provision(nc.jetstream(), settings)  # as the healer does before its workers start
+    states: list[str] = []
+
+    async def on_beat(msg: Any) -> None:
+        states.append(codec.loads(msg.data)["state"])
+
+    await nc.subscribe(settings.names.heartbeat("coder", "*"), cb=on_beat)
+    try:
+        own_redis.stop()
+        worker = procs.worker(settings, "coder")
+        # Then it beats while it waits (alive, "starting"), so a healer never takes the
+        # wait for a hang
+        await eventually(lambda: states.count("starting") >= 3, 20)
+        assert set(states) == {"starting"}, states
+        # When Redis comes back, Then it serves
+        own_redis.start()
+        await eventually(lambda: "idle" in states or worker.poll() is not None, 30)
+        assert "idle" in states, procs.logs()
+        assert worker.poll() is None, procs.logs()
+    finally:
+        await nc.close()

@@ -1,14 +1,21 @@
 """``python -m workers --type <agent_type>``: run one worker process.
 
 Exit codes: 0 drained and stopped; 1 unexpected error; 2 bad configuration or
-arguments; 3 NATS or Redis unreachable at start-up.
+arguments; 3 NATS, JetStream or Redis unreachable at start-up (JetStream and
+Redis are waited for up to ``FOUNDRY_CONNECT_TIMEOUT``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+import time
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 
 from foundry import tracing
 from foundry.connect import connect_nats, connect_redis
@@ -40,6 +47,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+JETSTREAM_DOWN = (
+    ServiceUnavailableError,
+    nats.errors.NoRespondersError,
+    nats.errors.TimeoutError,
+    TimeoutError,
+)
+
+
+async def provisioned(js: JetStreamContext, settings: Settings, agent_type: str) -> None:
+    """Ensure the streams and the type's consumers, waiting while JetStream cannot answer
+    (a node that lost its cluster's quorum answers 503) for up to FOUNDRY_CONNECT_TIMEOUT."""
+    deadline = time.monotonic() + settings.connect_timeout
+    delay = 0.25
+    while True:
+        try:
+            await ensure_streams(js, settings)
+            await ensure_consumer(js, settings, agent_type)
+            return
+        except JETSTREAM_DOWN as exc:
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(
+                    f"JetStream did not answer within {settings.connect_timeout:g}s ({exc!r})"
+                ) from exc
+            log.warning("JetStream not available yet (%r); retrying in %.2fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -56,27 +91,34 @@ def main(argv: list[str] | None = None) -> int:
 
     async def amain() -> int:
         stop = stop_event()
+        worker = Worker(
+            settings,
+            agent_type,
+            handler,
+            concurrency=args.concurrency,
+            worker_id=args.worker_id,
+            slot=args.slot,
+        )
         try:
             nc = await connect_nats(settings, f"worker-{agent_type}")
-            redis = await connect_redis(settings)
-        except (BrokerUnavailable, CacheUnavailable) as exc:
+        except BrokerUnavailable as exc:
             log.error("%s", exc)
             return EXIT_UNAVAILABLE
+        worker.start_heartbeat(nc)  # alive while it waits for Redis and JetStream below
         try:
-            js = nc.jetstream()
-            await ensure_streams(js, settings)
-            await ensure_consumer(js, settings, agent_type)
-            worker = Worker(
-                settings,
-                agent_type,
-                handler,
-                concurrency=args.concurrency,
-                worker_id=args.worker_id,
-                slot=args.slot,
-            )
+            redis = await connect_redis(settings)
+        except CacheUnavailable as exc:
+            log.error("%s", exc)
+            await nc.close()
+            return EXIT_UNAVAILABLE
+        try:
+            await provisioned(nc.jetstream(), settings, agent_type)
             log.info("worker %s serving %s with handler %s", worker.worker_id, agent_type, spec)
             await worker.run(nc, redis, stop)
             return EXIT_OK
+        except BrokerUnavailable as exc:
+            log.error("%s", exc)
+            return EXIT_UNAVAILABLE
         except Exception:
             log.exception("worker failed")
             return EXIT_ERROR

@@ -86,6 +86,7 @@ class Worker:
         self._cache_ok.set()
         self._draining = asyncio.Event()
         self._beat: HeartbeatSender | None = None
+        self._beat_task: asyncio.Task[None] | None = None
         self.runner: TaskRunner | None = None
         self.nc: NATS
 
@@ -104,14 +105,9 @@ class Worker:
             self.settings, self.agent_type, self.worker_id, self.handler, nc, store,
             self.inflight, self._set_cache_ok,
         )  # fmt: skip
-        beat = HeartbeatSender(
-            nc,
-            self.names.heartbeat(self.agent_type, self.worker_id),
-            self.settings.heartbeat_interval,
-            self.snapshot,
-        )
-        self._beat = beat
-        beat_task = spawn(beat.run(), self._tasks)
+        beat_task = self.start_heartbeat(nc)
+        beat = self._beat
+        assert beat is not None
         lease_task = spawn(self.inflight.keep_leases(), self._tasks)
         lanes = Lanes(nc, self.names, self.agent_type)
         await lanes.bind()
@@ -141,6 +137,21 @@ class Worker:
         beat_task.cancel()
         lease_task.cancel()
         await lanes.close()
+
+    def start_heartbeat(self, nc: NATS) -> asyncio.Task[None]:
+        """Beat from now on, ``starting`` until :meth:`run` serves: a worker still waiting
+        for Redis or JetStream (its host cut off, a quorum being re-formed) is alive, and
+        its healer must not take the wait for a hang."""
+        if self._beat_task is None:
+            self.nc = nc
+            self._beat = HeartbeatSender(
+                nc,
+                self.names.heartbeat(self.agent_type, self.worker_id),
+                self.settings.heartbeat_interval,
+                self.snapshot,
+            )
+            self._beat_task = spawn(self._beat.run(), self._tasks)
+        return self._beat_task
 
     async def _drain(self) -> None:
         pending = await self.inflight.wait_handlers(self.settings.drain_timeout)
