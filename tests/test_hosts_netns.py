@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
+from nats.js.errors import ServiceUnavailableError
 
 from foundry.apitokens import create_token
 from foundry.natsauth import ADMIN, GATEWAY, user_name
@@ -35,6 +36,7 @@ from foundry.roles import role_settings, with_userinfo
 from foundry.settings import Settings
 from gateway.app import create_app
 from tests import netns
+from tests.conftest import eventually
 from tests.hacluster import NATS_PORT, HaCluster, provisioned, start, wait_jetstream
 from tests.hostsload import UNSETTLED, Loader, Observer, settled, workers_of
 from tests.netns import Host, Hosts
@@ -101,19 +103,6 @@ def host_settings(cluster: HaCluster, index: int, tokens: Path) -> Settings:
     )
 
 
-async def _until(check: Any, timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
 async def _all_running(observer: Observer, hosts: tuple[str, ...]) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         replies = await observer.status()
@@ -124,7 +113,7 @@ async def _all_running(observer: Observer, hosts: tuple[str, ...]) -> dict[str, 
             return replies
         return None
 
-    found: dict[str, Any] = await _until(check, 60, 0.2)
+    found: dict[str, Any] = await eventually(check, 60, 0.2)
     return found
 
 
@@ -172,7 +161,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             # host-1 leads: it outlives every fault below
             rig.healers.append(cluster.start_healer(hosts[0], settings[0], "healer-1.log"))
             rig.run(provisioned(cluster))
-            rig.run(_until(lambda: _is_leader(rig.observer, "host-1"), 30, 0.2))
+            rig.run(eventually(lambda: _is_leader(rig.observer, "host-1"), 30, 0.2))
             for i in (1, 2):
                 rig.healers.append(
                     cluster.start_healer(hosts[i], settings[i], f"healer-{i + 1}.log")
@@ -247,7 +236,7 @@ async def test_a_host_cut_off_for_10_s_rejoins_and_loses_nothing(rig: Rig) -> No
     before = workers_of((await rig.home.run(rig.observer.status()))[name])
     kept, crashed = f"echo-0@{name}", f"echo-1@{name}"
     # Given host-3's workers holding tasks
-    await rig.home.run(_until(lambda: rig.observer.in_flight(name), 20))
+    await rig.home.run(eventually(lambda: rig.observer.in_flight(name), 20))
     since = time.time()
     # When its link to the others goes down for 10 s, and one of its workers crashes
     # meanwhile (its healer relaunches it while its node has no JetStream quorum)
@@ -261,7 +250,7 @@ async def test_a_host_cut_off_for_10_s_rejoins_and_loses_nothing(rig: Rig) -> No
     up_at = time.time()
     # Then its healer answers again with both workers running: the one that kept running
     # is the same process, never killed as silent; the crashed one came back once
-    replies = await rig.home.run(_until(lambda: _answers(rig.observer, name), 60))
+    replies = await rig.home.run(eventually(lambda: _answers(rig.observer, name), 60))
     after = workers_of(replies[name])
     assert after[kept]["pid"] == before[kept]["pid"] and after[kept]["launches"] == 1, after
     assert after[crashed]["pid"] != before[crashed]["pid"], after
@@ -269,11 +258,13 @@ async def test_a_host_cut_off_for_10_s_rejoins_and_loses_nothing(rig: Rig) -> No
     assert rig.healers[CUT].poll() is None
     # ... both are heard again, and the gateway shows them healthy
     pids = {s["pid"] for s in after.values()}
-    await rig.home.run(_until(lambda: rig.observer.beating_since(name, up_at, pids), 60))
-    live = await rig.home.run(_until(lambda: _healthy(rig, name), 30))
+    await rig.home.run(eventually(lambda: rig.observer.beating_since(name, up_at, pids), 60))
+    live = await rig.home.run(eventually(lambda: _healthy(rig, name), 30))
     rejoined_in = time.time() - up_at
-    # ... the leader stayed where it was: host-3's healer never took the lease
-    assert await rig.home.run(_leader(rig.observer)) == ["host-1"]
+    # ... one leader, never host-3's healer: a minority cannot take the lease (it may move
+    # between the others while the lease bucket's stream elects a leader of its own)
+    leaders = await rig.home.run(_leader(rig.observer))
+    assert len(leaders) == 1 and leaders != [name], leaders
     log = (rig.cluster.root / f"healer-{CUT + 1}.log").read_text(errors="replace")
     assert "leads the cluster-wide duties" not in log
     # ... nothing was lost, and only tasks host-3 held at the cut ran twice
@@ -289,7 +280,7 @@ async def test_a_host_cut_off_for_10_s_rejoins_and_loses_nothing(rig: Rig) -> No
         "tasks": len(ids), "lost": len(lost), "held_at_cut": len(held),
         "duplicates": len(duplicates), "rejoined_s": round(rejoined_in, 2),
         "silent_foreign": len(foreign), "kill_silent": len(killed),
-        "slowest_publish_s": rig.loader.slowest(ids),
+        "slowest_publish_s": rig.loader.slowest(ids), "leader_after": leaders[0],
     }  # fmt: skip
     print("link cut:", json.dumps(rig.figures["link_cut"]), live)
     assert rig.loader.not_acked == [], rig.loader.not_acked
@@ -320,8 +311,11 @@ async def _lead_on(rig: Rig, node: str) -> bool:
     nc, names = rig.observer.nc, rig.observer.settings.names
     js, stream, consumer = nc.jetstream(), names.tasks_stream, names.consumer("echo")
     body = json.dumps({"placement": {"preferred": node}}).encode()
-    stream_leader = (await js.stream_info(stream)).cluster
-    consumer_leader = (await js.consumer_info(stream, consumer)).cluster
+    try:
+        stream_leader = (await js.stream_info(stream)).cluster
+        consumer_leader = (await js.consumer_info(stream, consumer)).cluster
+    except ServiceUnavailableError:  # an election under way (after the link cut)
+        return False
     if stream_leader is None or consumer_leader is None:
         return False
     if stream_leader.leader != node:
@@ -349,14 +343,18 @@ async def test_a_host_lost_whole_loses_nothing(rig: Rig) -> None:
     # Given host-2's node leading the task stream and the echo consumer (the hard case:
     # the naks for its workers' tasks wait for a new consumer leader), and host-2's workers
     # holding tasks under load
-    await rig.home.run(_until(lambda: _lead_on(rig, f"n{LOST}"), 30, 0.5))
-    await rig.home.run(_until(lambda: len(rig.observer.in_flight(name)) >= 2, 20))
+    await rig.home.run(eventually(lambda: _lead_on(rig, f"n{LOST}"), 30, 0.5))
+    await rig.home.run(eventually(lambda: len(rig.observer.in_flight(name)) >= 2, 20))
     since = time.time()
     workers = [p.pid for p in map(recorded_process, (rig.settings[LOST].data_dir / "run")
                .glob("*.json")) if p is not None]  # fmt: skip
     victims = [proc.pid for proc in host.procs if proc.poll() is None] + workers
     # When every process of host-2 is killed (healer, workers, nats node, Redis replica,
     # Sentinel)
+    # (when host-2's healer leads, the naks wait for the next leader too: the lease's TTL
+    # and a poll, as the README says; the lease can move to host-2 while the link cut above
+    # makes the lease bucket elect a stream leader)
+    lost_led = await rig.home.run(_leader(rig.observer)) == [name]
     held = rig.observer.in_flight(name)
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
@@ -364,15 +362,17 @@ async def test_a_host_lost_whole_loses_nothing(rig: Rig) -> None:
     finished = await rig.home.run(settled(settings, held, 0))
     held = sorted(set(held) - set(finished))  # the ones host-2 had not finished
     bound = SILENCE + 1.0
+    nak_bound = LEASE_TTL + 1.0 + bound if lost_led else bound
     # Then the gateway shows its workers down within the silence timeout + 1 s ...
-    shown = await rig.home.run(_until(lambda: _down(rig, name), bound + 10, 0.05))
+    shown = await rig.home.run(eventually(lambda: _down(rig, name), bound + 10, 0.05))
     down_in = time.time() - killed_at
     # ... the leader naks the tasks they held, and each runs on another host
     foreign = await rig.home.run(
-        _until(lambda: rig.observer.events("silent_foreign", since=killed_at), bound + 10)
+        eventually(lambda: rig.observer.events("silent_foreign", since=killed_at), nak_bound + 10)
     )
     nak_in = max(e["at"] for e in foreign) - killed_at
-    assert {e["host"] for e in foreign} == {"host-1"}, foreign
+    leaders = await rig.home.run(_leader(rig.observer))
+    assert len(leaders) == 1 and {e["host"] for e in foreign} == set(leaders), (foreign, leaders)
     redone = await rig.home.run(settled(settings, held, 60))
     assert sorted(redone) == held, (held, sorted(redone))
     assert all(not (r.worker_id or "").endswith("@" + name) for r in redone.values()), redone
@@ -385,13 +385,13 @@ async def test_a_host_lost_whole_loses_nothing(rig: Rig) -> None:
         "tasks": len(ids), "lost": len(lost), "held": len(held),
         "shown_down_s": round(down_in, 2), "nak_s": round(nak_in, 2),
         "ran_elsewhere_s": round(ran_in - killed_at, 2), "task_seconds": TASK_SLEEP,
-        "slowest_publish_s": rig.loader.slowest(ids),
+        "slowest_publish_s": rig.loader.slowest(ids), "lost_host_led": lost_led,
     }  # fmt: skip
     print("host lost:", json.dumps(rig.figures["host_lost"]), shown)
     assert rig.loader.not_acked == [], rig.loader.not_acked
     assert lost == [], lost
     assert down_in <= bound + 1.0, down_in  # the view is polled: generous
-    assert nak_in <= bound + 1.0, nak_in
+    assert nak_in <= nak_bound + 1.0, (nak_in, lost_led)
     # (a new consumer leader is elected first, seconds; yet the tasks ran well before
     # ack_wait would have brought them back: the naks were not lost)
     assert ran_in - killed_at < ACK_WAIT - 2.0, ran_in - killed_at

@@ -129,6 +129,16 @@ function duration(seconds) {
   return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
 }
 
+// a row's button: onClick gets the button (to disable it while the request runs)
+function actionButton(label, cls, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.className = cls;
+  b.addEventListener("click", () => onClick(b));
+  return b;
+}
+
 const megabytes = (bytes) => (bytes ? (bytes / 1048576).toFixed(0) + " MB" : "–");
 
 // worker id -> {at, oldPid, newPid} of the latest relaunch event: until the new process's
@@ -160,12 +170,7 @@ function renderWorkers(agents) {
     cell(tr, megabytes(a.rss_bytes), "num");
     const act = cell(tr, "");
     if (a.status === "quarantined") {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = "Release";
-      b.className = "release";
-      b.addEventListener("click", () => release(a.worker_id, b));
-      act.appendChild(b);
+      act.appendChild(actionButton("Release", "release", (b) => release(a.worker_id, b)));
     }
     body.appendChild(tr);
   }

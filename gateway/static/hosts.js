@@ -1,6 +1,7 @@
 // The status page's host bars (one group per host, from /api/cluster/status's hosts) and
 // its dead letters (GET /api/cluster/dead, newest first) with a replay button each. Uses
-// $, api, cell and notice from app.js; everything shown is set as text, never as HTML.
+// $, api, cell, actionButton and watchTask from app.js; everything shown is set as text,
+// never as HTML.
 "use strict";
 
 const DEAD_SHOWN = 10;
@@ -77,12 +78,7 @@ async function refreshDead() {
       act.textContent = "→ " + d.replayed_as;
       act.className = "mono muted replayed";
     } else {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = "Replay";
-      b.className = "replay";
-      b.addEventListener("click", () => replay(d.task_id, b));
-      act.appendChild(b);
+      act.appendChild(actionButton("Replay", "replay", (b) => replay(d.task_id, b)));
     }
     body.appendChild(tr);
   }
